@@ -1,0 +1,99 @@
+"""AnomalyCLIP training: glocal loss on the prompt learner, frozen image features cached."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .backbone import load_backbone
+from .data.dataset import AnomalyDataset
+from .data.formats import load_samples
+from .feature_cache import EpochLoader, FeatureCache, choose_cache_mode
+from .methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+from .options import backbone_config_from_args
+from .training import StageResult, fit_stage, seed_everything
+
+logger = logging.getLogger(__name__)
+
+
+def _feature_bytes(detector: AnomalyCLIP) -> int:
+    grid = detector.backbone.grid_size()
+    tokens = 1 + grid[0] * grid[1]
+    embed = detector.backbone.embed_dim
+    size = detector.image_size
+    return 4 * embed * (1 + len(detector.config.features_list) * tokens) + size * size + 16
+
+
+def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir: str | Path,
+                      epochs: int = 15, learning_rate: float = 1e-3, batch_size: int = 8, seed: int = 111,
+                      feature_cache: str = "auto", num_workers: int = 0, save_freq: int = 1,
+                      print_freq: int = 1, resume: bool = False, precision: str = "auto",
+                      export_official: bool = True, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
+    """Train the prompt learner of ``detector`` with the reference optimiser (Adam, betas 0.5/0.999).
+
+    With ``feature_cache`` other than ``off``, the first epoch stores the frozen image features
+    and later epochs replay them; the per-epoch sample order is the same either way, so the
+    learnt prompts are identical to recomputing the features every epoch.
+    """
+    seed_everything(seed)
+    if detector.config.object_classes:
+        known = set(detector.prompt_learner.class_names)
+        names = {sample.class_name.replace("_", " ") for sample in dataset.samples}
+        if not names <= known:
+            raise ValueError(f"object-aware prompts lack classes {sorted(names - known)}")
+    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), len(dataset), detector.device)
+    cache = None
+    if mode != "off":
+        cache = FeatureCache(len(dataset), mode, directory=Path(output_dir) / "feature_cache", device=detector.device)
+        logger.info("Frozen image features are cached (%s) after the first epoch", mode)
+    loader = EpochLoader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers, cache=cache)
+    class_names = detector.prompt_learner.class_names
+
+    def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        if "global" in batch:
+            features = {"global": batch["global"], "patches": batch["patches"]}
+            masks, labels, class_ids = batch["mask"].float(), batch["label"], batch["class_id"]
+        else:
+            features = detector.image_features(batch["image"])
+            masks = (batch["mask"] > 0.5).float()
+            labels = batch["label"]
+            class_ids = detector.prompt_learner.class_index(batch["class_name"], labels.shape[0], labels.device)
+            if cache is not None:
+                cache.put(batch["index"], {**features, "mask": masks.to(torch.uint8), "label": labels,
+                                           "class_id": class_ids})
+        names = [class_names[i] for i in class_ids.tolist()] if len(class_names) > 1 else None
+        return detector.glocal_loss(features, labels, masks, names)
+
+    optimizer = torch.optim.Adam(detector.prompt_learner.parameters(), lr=learning_rate, betas=(0.5, 0.999))
+    try:
+        return fit_stage(detector, loader, optimizer, step, epochs, output_dir, save_freq=save_freq,
+                         print_freq=print_freq, resume=resume, precision=precision,
+                         export_official=export_official, run_settings=run_settings)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+def train_from_args(args: argparse.Namespace) -> Path:
+    """``train.py --method anomalyclip``: build everything from flags and train."""
+    seed_everything(args.seed)
+    backbone = load_backbone(backbone_config_from_args(args, AnomalyCLIP.default_backbone_config()), args.device)
+    config = AnomalyCLIPConfig.from_dict(AnomalyCLIP.config_from_args(args))
+    detector = AnomalyCLIP(backbone, config)
+    samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
+    dataset = AnomalyDataset(samples, args.train_data_path, image_size=backbone.config.image_size)
+    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    logger.info("Training AnomalyCLIP on %s (%s split, %d images): %s", args.train_data_path, args.split,
+                len(dataset), json.dumps(config.to_dict()))
+    result = train_anomalyclip(
+        detector, dataset, args.save_path, epochs=args.epoch, learning_rate=args.learning_rate,
+        batch_size=args.batch_size, seed=args.seed, feature_cache=args.feature_cache,
+        num_workers=args.num_workers, save_freq=args.save_freq, print_freq=args.print_freq,
+        resume=args.resume, precision=args.precision, export_official=args.export_official,
+        run_settings=settings,
+    )
+    return result.checkpoints[-1]

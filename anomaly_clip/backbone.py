@@ -1,0 +1,390 @@
+"""Frozen CLIP backbone: building open_clip ViTs from any weight source, and batched encoders.
+
+Both methods only ever *read* CLIP: its weights are frozen, its blocks are re-run by our own
+forward functions (``dpam.py`` for the image tower, :meth:`CLIPBackbone.encode_text_embeddings`
+for the text tower) so that prompts, deep tokens, DPAM and adapters can be injected without
+patching open_clip modules in place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Raised when the requested CLIP weights cannot be found locally or downloaded."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that determines what the frozen CLIP computes.
+
+    ``activation`` is explicit because OpenAI weights were trained with QuickGELU while
+    open_clip's plain configs build exact GELU; each method records the one its published
+    numbers came from. ``pos_embed_interpolation`` likewise differs between the two methods.
+    """
+
+    model_name: str = "ViT-L-14-336"
+    pretrained: Optional[str] = "openai"
+    weights_path: Optional[str] = None
+    random_init: bool = False
+    activation: str = "quick_gelu"
+    image_size: int = 518
+    pos_embed_interpolation: str = "bilinear"
+    cache_dir: Optional[str] = None
+    offline: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.pos_embed_interpolation not in POS_EMBED_INTERPOLATIONS:
+            raise ValueError(
+                f"pos_embed_interpolation must be one of {POS_EMBED_INTERPOLATIONS}, "
+                f"got {self.pos_embed_interpolation!r}"
+            )
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "BackboneConfig":
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def with_updates(self, **changes) -> "BackboneConfig":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def weights_source(self) -> str:
+        if self.weights_path:
+            return f"file {self.weights_path}"
+        if self.random_init:
+            return "random initialisation"
+        return f"open_clip pretrained tag {self.pretrained!r}"
+
+
+def _unwrap_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
+    """Accept OpenAI JIT archives, OpenAI state dicts and open_clip checkpoints alike."""
+    if isinstance(checkpoint, torch.jit.ScriptModule):
+        state_dict = dict(checkpoint.state_dict())
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        state_dict = dict(checkpoint["state_dict"])
+    elif isinstance(checkpoint, dict):
+        state_dict = dict(checkpoint)
+    else:
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a CLIP state dict")
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    for key in OPENAI_METADATA_KEYS:
+        state_dict.pop(key, None)
+    return state_dict
+
+
+def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
+    """Read a CLIP weight file (OpenAI JIT archive / state dict, open_clip, or safetensors)."""
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(
+            f"CLIP weights file not found: {path}. Pass the path of an OpenAI CLIP file "
+            "(e.g. ViT-L-14-336px.pt) or an open_clip checkpoint."
+        )
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return _unwrap_state_dict(load_file(path), path)
+    try:
+        checkpoint = torch.jit.load(path, map_location="cpu")
+    except (RuntimeError, ValueError):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return _unwrap_state_dict(checkpoint, path)
+
+
+def _cached_pretrained_file(pretrained_cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
+    """Return the locally cached file of an open_clip pretrained tag without touching the network."""
+    hub_entry = pretrained_cfg.get("hf_hub", "")
+    if hub_entry:
+        from huggingface_hub import hf_hub_download
+
+        repo_id, filename = os.path.split(hub_entry)
+        names = [filename] if filename else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for name in dict.fromkeys(names):
+            try:
+                return hf_hub_download(repo_id, name, cache_dir=cache_dir, local_files_only=True)
+            except Exception:  # noqa: BLE001 - any miss means "not cached"
+                continue
+    url = pretrained_cfg.get("url", "")
+    if url:
+        candidate = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def resolve_pretrained_file(model_name: str, tag: str, cache_dir: Optional[str] = None,
+                            offline: bool = False) -> str:
+    """Find (or download, when online) the weight file behind an open_clip pretrained tag."""
+    pretrained_cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not pretrained_cfg:
+        known = open_clip.list_pretrained_tags_by_model(model_name)
+        raise WeightsNotFoundError(
+            f"open_clip knows no pretrained tag {tag!r} for {model_name}; known tags: {known}. "
+            "Pass a local weights file instead."
+        )
+    cached = _cached_pretrained_file(pretrained_cfg, cache_dir)
+    if cached:
+        return cached
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    hint = (
+        f"Provide the weights with --weights PATH (an OpenAI CLIP file such as ViT-L-14-336px.pt, "
+        f"or an open_clip checkpoint), or put them in the open_clip cache "
+        f"(hf_hub {pretrained_cfg.get('hf_hub') or pretrained_cfg.get('url')}) on a machine with "
+        "network access. For tests only, --random-init builds an untrained model."
+    )
+    if offline:
+        raise WeightsNotFoundError(
+            f"Pretrained weights {model_name}/{tag} are not in the local cache and offline mode is on. {hint}"
+        )
+    try:
+        return open_clip.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
+    except Exception as error:  # noqa: BLE001 - every failure gets the same actionable message
+        raise WeightsNotFoundError(
+            f"Could not download pretrained weights {model_name}/{tag}: {error}. {hint}"
+        ) from error
+
+
+def build_clip_model(config: BackboneConfig) -> nn.Module:
+    """Build the open_clip model of ``config`` and load its weights (never silently random)."""
+    if config.model_name not in open_clip.list_models():
+        raise ValueError(f"Unknown open_clip model {config.model_name!r}; known: {open_clip.list_models()}")
+    quick_gelu = config.activation == "quick_gelu"
+    model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu)
+    if config.weights_path:
+        weights_file = config.weights_path
+    elif config.random_init:
+        logger.warning("Built %s with RANDOM weights: outputs are meaningless for anomaly detection.",
+                       config.model_name)
+        return model
+    elif config.pretrained:
+        weights_file = resolve_pretrained_file(config.model_name, config.pretrained, config.cache_dir,
+                                               config.offline)
+    else:
+        raise WeightsNotFoundError(
+            "No CLIP weights requested: give a pretrained tag, a weights file, or ask for random_init explicitly."
+        )
+    state_dict = read_clip_weights(weights_file)
+    incompatible = _load_weights(model, state_dict, weights_file)
+    logger.info("Loaded %s weights from %s (%s activation)%s", config.model_name, weights_file,
+                config.activation, f"; ignored keys {incompatible}" if incompatible else "")
+    return model
+
+
+def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str) -> list:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape) and k != "visual.positional_embedding"
+    ]
+    if missing or mismatched:
+        raise ValueError(
+            f"Weights in {source} do not fit this architecture. Missing keys: {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}; shape mismatches: {mismatched[:8]}. "
+            "Check --model (e.g. ViT-L-14-336 for ViT-L-14-336px.pt)."
+        )
+    pos_key = "visual.positional_embedding"
+    if pos_key in state_dict and state_dict[pos_key].shape != own[pos_key].shape:
+        raise ValueError(
+            f"{source}: visual positional embedding {tuple(state_dict[pos_key].shape)} does not fit "
+            f"{tuple(own[pos_key].shape)}; resizing happens at run time, load the native-size weights."
+        )
+    ignored = [k for k in state_dict if k not in own]
+    model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
+    return ignored
+
+
+def resize_position_embedding(pos_embed: torch.Tensor, grid: Tuple[int, int], mode: str) -> torch.Tensor:
+    """Resize a ViT position embedding (class row + square grid) to ``grid``, class row kept."""
+    class_row, patch_rows = pos_embed[:1], pos_embed[1:]
+    side = int(round(patch_rows.shape[0] ** 0.5))
+    if side * side != patch_rows.shape[0]:
+        raise ValueError(f"position embedding of {patch_rows.shape[0]} patches is not a square grid")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    patches = patch_rows.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=tuple(grid), mode=mode, align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([class_row, patches], dim=0)
+
+
+class CLIPBackbone(nn.Module):
+    """A frozen open_clip CLIP with batched encoders that accept injected tokens and hooks."""
+
+    def __init__(self, clip_model: nn.Module, config: BackboneConfig):
+        super().__init__()
+        self.clip = clip_model
+        self.config = config
+        visual = clip_model.visual
+        if not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise ValueError(f"{config.model_name} has no ViT image tower; only open_clip ViTs are supported")
+        self.clip.eval()
+        for parameter in self.clip.parameters():
+            parameter.requires_grad_(False)
+        self._pos_embed_cache: Dict[tuple, torch.Tensor] = {}
+
+    def train(self, mode: bool = True) -> "CLIPBackbone":
+        """CLIP stays in eval mode: it is frozen and has no train-time behaviour we want."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def patch_size(self) -> int:
+        size = self.visual.patch_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    @property
+    def vision_width(self) -> int:
+        return self.visual.conv1.out_channels
+
+    @property
+    def text_width(self) -> int:
+        return self.clip.token_embedding.embedding_dim
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.proj.shape[1]
+
+    @property
+    def num_visual_blocks(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def num_text_blocks(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.visual.conv1.weight.device
+
+    def grid_size(self, image_size: Optional[int] = None) -> Tuple[int, int]:
+        size = image_size or self.config.image_size
+        if size % self.patch_size:
+            raise ValueError(f"image size {size} is not a multiple of the patch size {self.patch_size}")
+        return size // self.patch_size, size // self.patch_size
+
+    def position_embedding(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Position embedding resized to ``grid``; computed once per grid, device and dtype."""
+        source = self.visual.positional_embedding
+        key = (tuple(grid), source.device, dtype)
+        if key not in self._pos_embed_cache:
+            with torch.no_grad():
+                resized = resize_position_embedding(source, grid, self.config.pos_embed_interpolation)
+            self._pos_embed_cache[key] = resized.to(dtype)
+        return self._pos_embed_cache[key]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._pos_embed_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def embed_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Patchify, prepend the class token, add position embeddings, ``ln_pre``: (B, 1+N, W)."""
+        visual = self.visual
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"expected square images, got {tuple(images.shape[-2:])}")
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([class_token, x], dim=1)
+        x = x + self.position_embedding(self.grid_size(images.shape[-1]), x.dtype)
+        return visual.ln_pre(x)
+
+    def project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` then the visual projection, as CLIP does for its output token."""
+        return self.visual.ln_post(tokens) @ self.visual.proj
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return open_clip.tokenize(list(texts), context_length=self.clip.context_length).to(self.device)
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.clip.token_embedding(token_ids)
+
+    def encode_text_embeddings(
+        self,
+        embeddings: torch.Tensor,
+        eot_indices: torch.Tensor,
+        before_block: Optional[BlockHook] = None,
+        after_block: Optional[BlockHook] = None,
+        project: bool = True,
+    ) -> torch.Tensor:
+        """Run the text tower on token embeddings (B, L, W) and pool the end-of-text token.
+
+        ``before_block(i, x)`` may overwrite hidden states (deep prompt tokens) and
+        ``after_block(i, x)`` may transform them (adapters). With ``project=False`` the pooled
+        ``ln_final`` feature is returned for a replacement projection.
+        """
+        from .dpam import run_block
+
+        clip = self.clip
+        x = embeddings + clip.positional_embedding[: embeddings.shape[1]].to(embeddings.dtype)
+        mask = clip.attn_mask
+        mask = mask[: x.shape[1], : x.shape[1]].to(x.dtype) if mask is not None else None
+        for index, block in enumerate(clip.transformer.resblocks):
+            if before_block is not None:
+                x = before_block(index, x)
+            x = run_block(block, x, attn_mask=mask)
+            if after_block is not None:
+                x = after_block(index, x)
+        x = clip.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), eot_indices]
+        if not project:
+            return pooled
+        projection = clip.text_projection
+        return projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Plain CLIP text features (unnormalised) of a list of sentences."""
+        token_ids = self.tokenize(texts)
+        return self.encode_text_embeddings(self.embed_tokens(token_ids), token_ids.argmax(dim=-1))
+
+
+def load_backbone(config: Optional[BackboneConfig] = None, device: Optional[torch.device | str] = None,
+                  **overrides) -> CLIPBackbone:
+    """Build the frozen backbone of ``config`` (fields may be overridden by keyword) on ``device``."""
+    config = (config or BackboneConfig()).with_updates(**overrides) if overrides else (config or BackboneConfig())
+    backbone = CLIPBackbone(build_clip_model(config), config)
+    return backbone.to(resolve_device(device))
+
+
+def resolve_device(device: Optional[torch.device | str] = None) -> torch.device:
+    """CUDA when present, CPU otherwise, unless a device is given."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

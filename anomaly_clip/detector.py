@@ -1,0 +1,167 @@
+"""The common face of every method: a frozen backbone plus small trainable parts.
+
+A method registers a subclass of :class:`AnomalyDetector` under a name. Training, evaluation,
+checkpoints and the command line only talk to this interface, so a new method is one module.
+"""
+from __future__ import annotations
+
+import argparse
+
+from abc import ABCMeta, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, Dict, Optional, Sequence, Type
+
+import torch
+from torch import nn
+
+from .backbone import BackboneConfig, CLIPBackbone
+
+METHODS: Dict[str, Type["AnomalyDetector"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator adding a detector to :data:`METHODS` under ``name``."""
+
+    def decorator(cls: Type["AnomalyDetector"]) -> Type["AnomalyDetector"]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        cls.method_name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_method(name: str) -> Type["AnomalyDetector"]:
+    from . import methods  # noqa: F401 - importing registers the built-in methods
+
+    key = name.lower().replace("-", "").replace("_", "")
+    for registered, cls in METHODS.items():
+        if registered.replace("_", "") == key:
+            return cls
+    raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+
+
+@dataclass
+class MethodConfig:
+    """Base of the per-method hyper-parameter dataclasses (serialised into checkpoints)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Optional[dict]) -> "MethodConfig":
+        values = values or {}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**converted)
+
+
+@dataclass
+class Prediction:
+    """Image-level scores (B,) and pixel-level anomaly maps (B, H, W), both float32."""
+
+    scores: torch.Tensor
+    maps: torch.Tensor
+
+    def __iter__(self):
+        return iter((self.scores, self.maps))
+
+
+class AnomalyDetector(nn.Module, metaclass=ABCMeta):
+    """Base class: subclasses set ``config_class`` and implement the abstract hooks."""
+
+    method_name: ClassVar[str] = ""
+    config_class: ClassVar[Type[MethodConfig]] = MethodConfig
+    mask_interpolation: ClassVar[str] = "bilinear"
+
+    def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+
+    @classmethod
+    def default_backbone_config(cls) -> BackboneConfig:
+        """The backbone settings of the method's reference code (activation, resizing)."""
+        return BackboneConfig()
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def image_size(self) -> int:
+        return self.backbone.config.image_size
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+        """Score a batch of preprocessed images (B, 3, S, S)."""
+
+    @torch.no_grad()
+    def predict_paths(self, paths: Sequence[str], class_names: Optional[Sequence[str]] = None,
+                      batch_size: int = 8) -> Prediction:
+        """Score image files (any size, grayscale/RGBA/16-bit accepted) with the model's transform."""
+        from .data.dataset import load_image
+
+        scores, maps = [], []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            images = torch.stack([load_image(p, self.image_size) for p in chunk]).to(self.device)
+            names = class_names[start:start + batch_size] if class_names is not None else None
+            prediction = self.predict(images, names)
+            scores.append(prediction.scores)
+            maps.append(prediction.maps)
+        return Prediction(scores=torch.cat(scores), maps=torch.cat(maps))
+
+    def trainable_state_dict(self) -> Dict[str, Any]:
+        """State of the learnt parts only (the backbone is frozen and never stored)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+
+    def load_trainable_state_dict(self, state: Dict[str, Any]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit {self.method_name}: missing {missing}, unexpected {unexpected}")
+
+    @classmethod
+    def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
+        """Return the reference code's checkpoint at ``path`` if it is one of this method, else None."""
+        return None
+
+    def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        raise ValueError(f"{self.method_name} has no official checkpoint format")
+
+    def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
+        """File name -> payload in the reference code's format (empty when there is none)."""
+        return {}
+
+    @classmethod
+    def evaluation_dataset(cls, args: argparse.Namespace, detector: "AnomalyDetector"):
+        """Test-time dataset built from ``--data_path/--split/--metadata`` with the method's transforms."""
+        from .data.dataset import AnomalyDataset
+        from .data.formats import load_samples
+
+        samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
+        return AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
+                              mask_interpolation=cls.mask_interpolation)
+
+    @classmethod
+    def add_train_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the method's own training flags (reference flag names) to ``parser``."""
+
+    @classmethod
+    def add_test_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the method's own evaluation flags to ``parser``."""
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
+        """Method-config values set on the command line (``None`` flags leave ``base`` as is)."""
+        return dict(base or {})
+
+    def train(self, mode: bool = True) -> "AnomalyDetector":
+        super().train(mode)
+        self.backbone.train(False)
+        return self

@@ -1,0 +1,144 @@
+"""Reuse frozen image-tower outputs across epochs.
+
+CLIP is frozen and (without augmentation) sees the same images every epoch, so its outputs
+are computed in the first epoch and replayed afterwards: later epochs decode no image and run
+no backbone. :class:`EpochLoader` fixes the per-epoch sample order from ``seed + epoch`` so a
+cached run visits batches in exactly the order an uncached run does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+logger = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "off", "device", "host", "disk")
+AUTO_HOST_LIMIT_BYTES = 8 * 1024 ** 3
+
+
+class EpochBatchSampler(Sampler[List[int]]):
+    """Shuffled batches whose order depends only on ``seed`` and the epoch number."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
+        self.epoch = 0
+
+    def order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        order = self.order().tolist()
+        for start in range(0, self.size, self.batch_size):
+            yield order[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return (self.size + self.batch_size - 1) // self.batch_size
+
+
+class FeatureCache:
+    """Per-sample tensors (features, masks, labels) stored on the device, in host memory, or on disk."""
+
+    def __init__(self, size: int, mode: str = "host", directory: Optional[str | os.PathLike] = None,
+                 device: Optional[torch.device] = None):
+        if mode not in CACHE_MODES[2:]:
+            raise ValueError(f"cache mode must be one of {CACHE_MODES[2:]}, got {mode!r}")
+        if mode == "disk" and directory is None:
+            raise ValueError("a disk feature cache needs a directory")
+        self.size, self.mode, self.device = size, mode, device
+        self.directory = Path(directory) if directory is not None else None
+        self.filled = torch.zeros(size, dtype=torch.bool)
+        self.store: Dict[str, torch.Tensor] = {}
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.filled.all())
+
+    def _allocate(self, name: str, example: torch.Tensor) -> torch.Tensor:
+        shape = (self.size, *example.shape[1:])
+        if self.mode == "device":
+            return torch.empty(shape, dtype=example.dtype, device=self.device or example.device)
+        if self.mode == "host":
+            return torch.empty(shape, dtype=example.dtype)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{name}.bin"
+        numel = int(torch.Size(shape).numel())
+        storage = torch.from_file(str(path), shared=True, size=numel, dtype=example.dtype)
+        return storage.view(shape)
+
+    def put(self, indices: torch.Tensor, values: Dict[str, torch.Tensor]) -> None:
+        indices = indices.cpu()
+        for name, value in values.items():
+            if name not in self.store:
+                self.store[name] = self._allocate(name, value)
+            target = self.store[name]
+            target[indices.to(target.device)] = value.detach().to(target.device)
+        self.filled[indices] = True
+
+    def get(self, indices: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Stored rows of ``indices``, on the device they are stored on (the CPU for disk)."""
+        indices = indices.cpu()
+        return {name: store[indices.to(store.device)] for name, store in self.store.items()}
+
+    def close(self) -> None:
+        """Drop stored tensors and delete disk files."""
+        self.store.clear()
+        if self.mode == "disk" and self.directory is not None:
+            for path in self.directory.glob("*.bin"):
+                path.unlink()
+
+
+def choose_cache_mode(mode: str, bytes_per_sample: int, size: int, device: torch.device) -> str:
+    """Resolve ``auto``: the device when it is a GPU with room, host memory up to 8 GiB, else disk."""
+    if mode not in CACHE_MODES:
+        raise ValueError(f"feature cache must be one of {CACHE_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    total = bytes_per_sample * size
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if total < free // 4:
+            return "device"
+    return "host" if total <= AUTO_HOST_LIMIT_BYTES else "disk"
+
+
+class EpochLoader:
+    """Iterates one epoch of batches; from the second epoch on, served from a :class:`FeatureCache`.
+
+    While the cache is incomplete, batches come from a ``DataLoader`` over ``dataset`` and the
+    step function stores what it computed with :meth:`FeatureCache.put`; afterwards batches are
+    ``{"index", <cached tensors>}`` read straight from the cache.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
+                 cache: Optional[FeatureCache] = None, shuffle: bool = True,
+                 collate_fn: Optional[Callable[[List[Any]], Any]] = None):
+        self.dataset, self.cache = dataset, cache
+        self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle)
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        if self.cache is not None and self.cache.complete:
+            for batch_indices in self.sampler:
+                indices = torch.tensor(batch_indices)
+                batch = self.cache.get(indices)
+                batch["index"] = indices
+                yield batch
+            return
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
+                            pin_memory=torch.cuda.is_available(), collate_fn=self.collate_fn)
+        yield from loader

@@ -1,0 +1,70 @@
+"""Command-line options shared by every entry point, and their translation into configs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from .backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
+from .training import PRECISIONS
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--model", default=None, help="open_clip model name (default ViT-L-14-336)")
+    group.add_argument("--pretrained", default=None, help="open_clip pretrained tag (default openai)")
+    group.add_argument("--weights", default=None,
+                       help="local CLIP weights: OpenAI file (e.g. ViT-L-14-336px.pt) or open_clip checkpoint")
+    group.add_argument("--random-init", action="store_true",
+                       help="untrained backbone, for tests and smoke runs only (numbers are meaningless)")
+    group.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                       help="MLP activation of the backbone (default: the method's reference setting)")
+    group.add_argument("--pos-embed-interpolation", choices=POS_EMBED_INTERPOLATIONS, default=None,
+                       help="position-embedding resize mode (default: the method's reference setting)")
+    group.add_argument("--image_size", "--img_size", dest="image_size", type=int, default=None,
+                       help="input resolution (default 518)")
+    group.add_argument("--cache-dir", default=None, help="open_clip/Hugging Face cache folder for pretrained tags")
+    group.add_argument("--offline", action="store_true", help="never download weights; use local files/cache only")
+    group.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (CUDA when present)")
+    group.add_argument("--precision", choices=PRECISIONS, default="auto",
+                       help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
+
+
+def backbone_config_from_args(args: argparse.Namespace, base: BackboneConfig) -> BackboneConfig:
+    """``base`` (the method's defaults or a checkpoint's) updated by the flags that were given."""
+    config = base.with_updates(
+        model_name=args.model, pretrained=args.pretrained, activation=args.activation,
+        pos_embed_interpolation=args.pos_embed_interpolation, image_size=args.image_size,
+        cache_dir=args.cache_dir,
+    )
+    if args.weights:
+        config = replace(config, weights_path=args.weights, random_init=False)
+    if args.random_init:
+        config = replace(config, random_init=True, weights_path=None)
+    if args.offline:
+        config = replace(config, offline=True)
+    return config
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, path_flag: str, split_default: str) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(path_flag, required=True, help="dataset root holding its metadata file")
+    group.add_argument("--dataset", default=None,
+                       help="dataset name (used for reports and, for AA-CLIP, class descriptions and blur)")
+    group.add_argument("--split", default=split_default,
+                       help=f"metadata split to read (default {split_default!r})")
+    group.add_argument("--metadata", default=None, help="explicit metadata file (meta.json or jsonl)")
+    group.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+
+
+def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.txt", verbose: bool = False) -> None:
+    """Log to the console and, when ``save_path`` is given, to ``save_path/filename``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if save_path is not None:
+        Path(save_path).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(save_path) / filename))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)

@@ -1,0 +1,179 @@
+"""The training loop every method stage runs: epochs, mixed precision, logs, checkpoints, resume.
+
+A method supplies a ``step`` function (batch -> named losses, ``"loss"`` being the total to
+minimise) and its optimiser; :func:`fit_stage` does the rest identically for all methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save, checkpoint_payload
+from .detector import AnomalyDetector
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+StepFunction = Callable[[Dict[str, Any]], Dict[str, torch.Tensor]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for repeatable runs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
+    """Mixed-precision dtype for ``precision`` on ``device``; None means full float32.
+
+    ``auto`` uses bfloat16 on CUDA devices that support it (float16 otherwise) and float32 on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Context manager running the enclosed forward in the chosen precision."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def move_batch(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@dataclass
+class StageResult:
+    """Per-epoch mean losses of a finished stage and the checkpoint files written."""
+
+    history: List[Dict[str, float]] = field(default_factory=list)
+    checkpoints: List[Path] = field(default_factory=list)
+
+
+def _resume_path(output_dir: Path, stage: str) -> Path:
+    return output_dir / f"{stage + '_' if stage else ''}last.pth"
+
+
+def checkpoint_path(output_dir: Path, stage: str, epoch: int) -> Path:
+    return output_dir / f"{stage + '_' if stage else ''}epoch_{epoch}.pth"
+
+
+def fit_stage(
+    detector: AnomalyDetector,
+    loader: Iterable[Dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    step: StepFunction,
+    epochs: int,
+    output_dir: str | os.PathLike,
+    stage: str = "",
+    scheduler: Optional[Any] = None,
+    save_freq: int = 1,
+    print_freq: int = 1,
+    resume: bool = False,
+    precision: str = "auto",
+    export_official: bool = False,
+    run_settings: Optional[Dict[str, Any]] = None,
+) -> StageResult:
+    """Train for ``epochs`` epochs, logging mean losses and checkpointing every ``save_freq``.
+
+    Each checkpoint is written atomically in our format (with optimiser state for ``resume``);
+    ``export_official`` also writes the reference code's files beside it. The scheduler, if
+    any, steps once per iteration.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = detector.device
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, precision) == torch.float16)
+    start_epoch = 0
+    resume_file = _resume_path(output_dir, stage)
+    if resume and resume_file.is_file():
+        state = torch.load(resume_file, map_location="cpu", weights_only=False)
+        detector.load_trainable_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        start_epoch = int(state["epoch"])
+        logger.info("Resumed stage %r from %s at epoch %d", stage or "train", resume_file, start_epoch)
+    elif resume:
+        logger.info("No checkpoint to resume at %s; starting from scratch", resume_file)
+
+    result = StageResult()
+    label = stage or "train"
+    for epoch in range(start_epoch, epochs):
+        detector.train()
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        sums: Dict[str, float] = {}
+        batches = 0
+        progress = tqdm(loader, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        for batch in progress:
+            batch = move_batch(batch, device)
+            with autocast(device, precision):
+                losses = step(batch)
+            total = losses["loss"]
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"{label}: loss became {total.item()} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if scheduler is not None:
+                scheduler.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            batches += 1
+            progress.set_postfix(loss=f"{float(total.detach()):.4f}")
+        if batches == 0:
+            raise ValueError(f"{label}: the training loader yielded no batch")
+        means = {name: value / batches for name, value in sums.items()}
+        means["epoch"] = epoch + 1
+        result.history.append(means)
+        if (epoch + 1) % print_freq == 0:
+            parts = ", ".join(f"{name}:{value:.4f}" for name, value in means.items() if name != "epoch")
+            logger.info("%s epoch [%d/%d], %s", label, epoch + 1, epochs, parts)
+        if (epoch + 1) % save_freq == 0 or epoch + 1 == epochs:
+            result.checkpoints.append(
+                _save_epoch(detector, optimizer, scheduler, output_dir, stage, epoch + 1, export_official,
+                            run_settings)
+            )
+    return result
+
+
+def _save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],
+                output_dir: Path, stage: str, epoch: int, export_official: bool,
+                run_settings: Optional[Dict[str, Any]]) -> Path:
+    payload = checkpoint_payload(detector, epoch=epoch, stage=stage, run_settings=run_settings or {})
+    path = atomic_save(payload, checkpoint_path(output_dir, stage, epoch))
+    resume_state = dict(payload)
+    resume_state.update(
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict() if scheduler is not None else None,
+        rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    )
+    atomic_save(resume_state, _resume_path(output_dir, stage))
+    if export_official:
+        for name, official in detector.official_checkpoints(epoch=epoch, stage=stage).items():
+            atomic_save(official, output_dir / name)
+    logger.info("Saved %s", path)
+    return path

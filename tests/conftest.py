@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny randomly initialised open_clip backbones (24 image blocks, 12 text blocks)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomaly_clip.backbone import BackboneConfig, load_backbone
+
+TINY = "anomaly-clip-tiny"
+
+
+def tiny_config(**changes) -> BackboneConfig:
+    values = dict(model_name=TINY, pretrained=None, random_init=True, image_size=56)
+    values.update(changes)
+    return BackboneConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """QuickGELU, bilinear position-embedding resize (AnomalyCLIP's settings), 56 px native size."""
+    torch.manual_seed(0)
+    return load_backbone(tiny_config(), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_112():
+    torch.manual_seed(0)
+    return load_backbone(tiny_config(image_size=112), device="cpu")
