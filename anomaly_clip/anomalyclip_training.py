@@ -37,7 +37,8 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
 
     With ``feature_cache`` other than ``off``, the first epoch stores the frozen image features
     and later epochs replay them; the per-epoch sample order is the same either way, so the
-    learnt prompts are identical to recomputing the features every epoch.
+    learnt prompts equal those of recomputing the features every epoch (to float rounding: a
+    matmul may round differently when an image shares its batch with other images).
     """
     seed_everything(seed)
     if detector.config.object_classes:

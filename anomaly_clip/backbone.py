@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -52,6 +54,7 @@ class BackboneConfig:
     pos_embed_interpolation: str = "bilinear"
     cache_dir: Optional[str] = None
     offline: bool = False
+    random_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -104,19 +107,33 @@ def _unwrap_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]
 def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
     """Read a CLIP weight file (OpenAI JIT archive / state dict, open_clip, or safetensors)."""
     if not os.path.isfile(path):
-        raise WeightsNotFoundError(
-            f"CLIP weights file not found: {path}. Pass the path of an OpenAI CLIP file "
-            "(e.g. ViT-L-14-336px.pt) or an open_clip checkpoint."
-        )
+        raise _missing_weights_file(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         return _unwrap_state_dict(load_file(path), path)
-    try:
-        checkpoint = torch.jit.load(path, map_location="cpu")
-    except (RuntimeError, ValueError):
+    if _is_torchscript_archive(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            checkpoint = torch.jit.load(path, map_location="cpu")
+    else:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     return _unwrap_state_dict(checkpoint, path)
+
+
+def _missing_weights_file(path: str) -> WeightsNotFoundError:
+    return WeightsNotFoundError(
+        f"CLIP weights file not found: {path}. Pass the path of an OpenAI CLIP file "
+        "(e.g. ViT-L-14-336px.pt) or an open_clip checkpoint."
+    )
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """OpenAI's released .pt files are TorchScript archives: zip files holding ``code/`` and constants."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
 def _cached_pretrained_file(pretrained_cfg: dict, cache_dir: Optional[str]) -> Optional[str]:
@@ -177,14 +194,12 @@ def build_clip_model(config: BackboneConfig) -> nn.Module:
     """Build the open_clip model of ``config`` and load its weights (never silently random)."""
     if config.model_name not in open_clip.list_models():
         raise ValueError(f"Unknown open_clip model {config.model_name!r}; known: {open_clip.list_models()}")
-    quick_gelu = config.activation == "quick_gelu"
-    model = open_clip.create_model(config.model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if config.weights_path:
         weights_file = config.weights_path
+        if not os.path.isfile(weights_file):
+            raise _missing_weights_file(weights_file)
     elif config.random_init:
-        logger.warning("Built %s with RANDOM weights: outputs are meaningless for anomaly detection.",
-                       config.model_name)
-        return model
+        weights_file = None
     elif config.pretrained:
         weights_file = resolve_pretrained_file(config.model_name, config.pretrained, config.cache_dir,
                                                config.offline)
@@ -192,6 +207,15 @@ def build_clip_model(config: BackboneConfig) -> nn.Module:
         raise WeightsNotFoundError(
             "No CLIP weights requested: give a pretrained tag, a weights file, or ask for random_init explicitly."
         )
+    with torch.random.fork_rng(devices=[]):
+        # seeded so that a random backbone, and any checkpoint trained on it, can be rebuilt exactly
+        torch.manual_seed(config.random_seed)
+        model = open_clip.create_model(config.model_name, pretrained=None,
+                                       force_quick_gelu=config.activation == "quick_gelu")
+    if weights_file is None:
+        logger.warning("Built %s with RANDOM weights: outputs are meaningless for anomaly detection.",
+                       config.model_name)
+        return model
     state_dict = read_clip_weights(weights_file)
     incompatible = _load_weights(model, state_dict, weights_file)
     logger.info("Loaded %s weights from %s (%s activation)%s", config.model_name, weights_file,

@@ -60,11 +60,18 @@ def add_data_arguments(parser: argparse.ArgumentParser, path_flag: str, split_de
     group.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
 
 
+def _quiet_open_clip(record: logging.LogRecord) -> bool:
+    """open_clip logs model-building chatter at INFO on the root logger; keep only its warnings."""
+    return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
+
+
 def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.txt", verbose: bool = False) -> None:
     """Log to the console and, when ``save_path`` is given, to ``save_path/filename``."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if save_path is not None:
         Path(save_path).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(save_path) / filename))
+    for handler in handlers:
+        handler.addFilter(_quiet_open_clip)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)

@@ -1,0 +1,215 @@
+"""Image/mask loading with the reference preprocessing, as a torch ``Dataset``.
+
+Images: any storage mode -> 8-bit RGB (:mod:`anomaly_clip.data.imaging`) -> bicubic resize to
+``(S, S)`` with PIL -> ``[0, 1]`` -> OpenAI CLIP mean/std, the same operations as the reference
+code's torchvision pipeline, so the tensors are identical. Masks: foreground -> 0/255 -> resize
+to ``(S, S)`` (``bilinear`` as AnomalyCLIP, ``nearest`` as AA-CLIP) -> ``> 0.5`` after scaling
+to ``[0, 1]``; a mask of another size than its image is simply resized.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .imaging import HIGH_BIT_DEPTH_SCALINGS, UnreadableImageError, open_image, read_binary_mask, read_rgb, to_rgb
+from .records import Sample, class_names
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MASK_INTERPOLATIONS = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+MAX_LISTED = 10
+
+
+class MissingMaskError(FileNotFoundError):
+    """An anomalous image of a dataset with pixel annotations has no mask."""
+
+
+class DatasetValidationError(ValueError):
+    """:meth:`AnomalyDataset.validate` found missing or unreadable files (all listed)."""
+
+
+def normalize(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) float32 tensor of an 8-bit RGB image, scaled to [0, 1] and CLIP-normalised."""
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    tensor = tensor.to(torch.float32).div(255)
+    mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float32).view(-1, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+class ImageTransform:
+    """PIL image (any mode) -> normalised (3, S, S) tensor, the preprocessing of both methods."""
+
+    def __init__(self, image_size: int = 518, high_bit_depth: str = "range"):
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if high_bit_depth not in HIGH_BIT_DEPTH_SCALINGS:
+            raise ValueError(f"high_bit_depth must be one of {HIGH_BIT_DEPTH_SCALINGS}, got {high_bit_depth!r}")
+        self.image_size = image_size
+        self.high_bit_depth = high_bit_depth
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        return to_rgb(image, self.high_bit_depth).resize((self.image_size, self.image_size), Image.BICUBIC)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return normalize(self.resize(image))
+
+
+def image_transform(image_size: int = 518, high_bit_depth: str = "range") -> ImageTransform:
+    """The image preprocessing of both methods, for scoring one's own images."""
+    return ImageTransform(image_size, high_bit_depth)
+
+
+def load_image(path: PathLike, image_size: int = 518, high_bit_depth: str = "range") -> torch.Tensor:
+    """Read ``path`` (any mode, any size) into a normalised (3, S, S) tensor; errors name the file."""
+    return ImageTransform(image_size, high_bit_depth)(read_rgb(path, high_bit_depth))
+
+
+def mask_to_tensor(mask: np.ndarray, image_size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """(1, S, S) float32 {0, 1} tensor of a boolean (H, W) mask resized as the reference does."""
+    if interpolation not in MASK_INTERPOLATIONS:
+        raise ValueError(f"mask_interpolation must be one of {sorted(MASK_INTERPOLATIONS)}, got {interpolation!r}")
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    resized = image.resize((image_size, image_size), MASK_INTERPOLATIONS[interpolation])
+    values = torch.from_numpy(np.array(resized, dtype=np.uint8, copy=True)).to(torch.float32).div(255)
+    return (values > 0.5).to(torch.float32).unsqueeze(0)
+
+
+Augmentation = Callable[..., Any]
+
+
+class AnomalyDataset(Dataset):
+    """Samples of one split as tensors: ``{"image", "mask", "label", "class_name", "path", "index"}``.
+
+    ``image_level_only`` datasets (no pixel annotations) give an all-zero mask for every image;
+    by default a dataset is image-level only when none of its samples names a mask. Otherwise an
+    anomalous image without a mask is an error naming the image. ``augment`` is applied to the
+    normalised image and its mask together (e.g. :class:`~anomaly_clip.data.augment.AAClipAugmentation`);
+    its optional ``photometric`` step runs on the PIL image before resizing.
+    """
+
+    def __init__(self, samples: Sequence[Sample], root: PathLike, image_size: int = 518,
+                 mask_interpolation: str = "bilinear", augment: Optional[Augmentation] = None,
+                 image_level_only: Optional[bool] = None, high_bit_depth: str = "range"):
+        if not samples:
+            raise ValueError(f"no samples to load from {root}")
+        if mask_interpolation not in MASK_INTERPOLATIONS:
+            raise ValueError(f"mask_interpolation must be one of {sorted(MASK_INTERPOLATIONS)}, "
+                             f"got {mask_interpolation!r}")
+        self.samples: List[Sample] = list(samples)
+        self.root = Path(root)
+        self.image_size = image_size
+        self.mask_interpolation = mask_interpolation
+        self.augment = augment
+        self.transform = ImageTransform(image_size, high_bit_depth)
+        self.high_bit_depth = high_bit_depth
+        if image_level_only is None:
+            image_level_only = not any(sample.mask_path for sample in self.samples)
+        self.image_level_only = image_level_only
+        self.epoch = 0
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether masks are real annotations (pixel metrics apply)."""
+        return not self.image_level_only
+
+    @property
+    def class_names(self) -> List[str]:
+        return class_names(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number for seeded augmentation (fresh random draws each epoch)."""
+        self.epoch = epoch
+
+    def image_path(self, index: int) -> Path:
+        return self.root / self.samples[index].image_path
+
+    def mask_path(self, index: int) -> Optional[Path]:
+        """The mask file that must exist for sample ``index``, None when it needs none."""
+        sample = self.samples[index]
+        if not sample.is_anomalous or self.image_level_only:
+            return None
+        if not sample.mask_path:
+            raise MissingMaskError(
+                f"anomalous image {self.image_path(index)} has no mask in the metadata; add its mask, or load "
+                f"the dataset as image-level only (image_level_only=True) to skip pixel annotations")
+        return self.root / sample.mask_path
+
+    def _mask(self, index: int) -> torch.Tensor:
+        path = self.mask_path(index)
+        if path is None:
+            return torch.zeros(1, self.image_size, self.image_size)
+        if not path.is_file():
+            raise MissingMaskError(f"mask {path} of anomalous image {self.image_path(index)} not found")
+        return mask_to_tensor(read_binary_mask(path), self.image_size, self.mask_interpolation)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        sample = self.samples[index]
+        path = self.image_path(index)
+        image = read_rgb(path, self.high_bit_depth)
+        generator = None
+        if self.augment is not None and hasattr(self.augment, "generator"):
+            generator = self.augment.generator(index, self.epoch)
+        if self.augment is not None and hasattr(self.augment, "photometric"):
+            image = self.augment.photometric(image, generator)
+        tensor = self.transform(image)
+        mask = self._mask(index)
+        if self.augment is not None:
+            tensor, mask = self.augment(tensor, mask, generator)
+        return {
+            "image": tensor,
+            "mask": mask,
+            "label": torch.tensor(sample.label, dtype=torch.int64),
+            "class_name": sample.class_name,
+            "path": str(path),
+            "index": index,
+        }
+
+    def _problems(self, index: int, decode: bool) -> List[str]:
+        problems = []
+        image = self.image_path(index)
+        try:
+            mask = self.mask_path(index)
+        except MissingMaskError as error:
+            problems.append(str(error))
+            mask = None
+        for path, role in ((image, "image"), (mask, "mask")):
+            if path is None:
+                continue
+            if not path.is_file():
+                problems.append(f"{role} file not found: {path}")
+            elif decode:
+                try:
+                    open_image(path, role)
+                except UnreadableImageError as error:
+                    problems.append(str(error))
+        return problems
+
+    def validate(self, decode: bool = False, workers: int = 4) -> None:
+        """Check every file up front: images exist, anomalous images have their masks, and with
+        ``decode`` every file decodes. Raises :class:`DatasetValidationError` listing all problems."""
+        indices = range(len(self))
+        if decode and workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                found = list(pool.map(lambda i: self._problems(i, True), indices))
+        else:
+            found = [self._problems(i, decode) for i in indices]
+        problems = [problem for group in found for problem in group]
+        if problems:
+            shown = "\n  ".join(problems[:MAX_LISTED])
+            more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+            raise DatasetValidationError(f"{len(problems)} problem(s) in dataset at {self.root}:\n  {shown}{more}")
+        logger.info("Validated %d samples under %s", len(self), self.root)

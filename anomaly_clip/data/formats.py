@@ -1,0 +1,270 @@
+"""Metadata files: AnomalyCLIP's ``meta.json`` and AA-CLIP's jsonl, read, written and converted.
+
+``meta.json`` (AnomalyCLIP) holds every split::
+
+    {"train": {class: [{"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}, ...]},
+     "test": {...}}
+
+with ``mask_path`` "" when there is none. A jsonl file (AA-CLIP) holds one split, one image a
+line: ``{"image_path", "label", "class_name", "mask_path"}`` with ``mask_path`` omitted when there
+is none (``specie_name`` is added when known; AA-CLIP ignores it). Inside a dataset root the
+jsonl files are named after their split: ``train.jsonl``, ``test.jsonl``. Paths are relative to
+the dataset root in both formats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+from .records import Metadata, Sample
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+META_JSON = "meta.json"
+JSONL_SUFFIX = ".jsonl"
+
+
+class MetadataError(ValueError):
+    """A metadata file is missing, malformed, or lacks the requested split."""
+
+
+def jsonl_name(split: str) -> str:
+    """File name of one split's jsonl inside a dataset root."""
+    return f"{split}{JSONL_SUFFIX}"
+
+
+def _load_json(path: Path) -> object:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as error:
+        raise MetadataError(f"{path} is not valid JSON: {error}") from error
+
+
+def _sample_from_meta(entry: Mapping, path: Path, split: str) -> Sample:
+    try:
+        return Sample(
+            image_path=str(entry["img_path"]),
+            label=entry["anomaly"],
+            class_name=str(entry["cls_name"]),
+            mask_path=entry.get("mask_path") or None,
+            specie_name=str(entry.get("specie_name") or ""),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise MetadataError(f"bad entry in split {split!r} of {path}: {entry!r} ({error})") from error
+
+
+def read_meta_json(path: PathLike) -> Metadata:
+    """All splits of an AnomalyCLIP ``meta.json``; class names come from the file itself."""
+    path = Path(path)
+    content = _load_json(path)
+    if not isinstance(content, dict):
+        raise MetadataError(f"{path} must hold an object of splits, got {type(content).__name__}")
+    metadata: Metadata = {}
+    for split, classes in content.items():
+        if not isinstance(classes, dict):
+            raise MetadataError(f"split {split!r} of {path} must map class names to lists of images")
+        metadata[split] = [_sample_from_meta(entry, path, split) for entries in classes.values() for entry in entries]
+    return metadata
+
+
+def meta_json_content(metadata: Mapping[str, Sequence[Sample]]) -> Dict[str, Dict[str, List[dict]]]:
+    """The ``meta.json`` object of ``metadata`` (classes in order of first appearance)."""
+    content: Dict[str, Dict[str, List[dict]]] = {}
+    for split, samples in metadata.items():
+        classes: Dict[str, List[dict]] = {}
+        for sample in samples:
+            classes.setdefault(sample.class_name, []).append({
+                "img_path": sample.image_path,
+                "mask_path": sample.mask_path or "",
+                "cls_name": sample.class_name,
+                "specie_name": sample.specie_name,
+                "anomaly": sample.label,
+            })
+        content[split] = classes
+    return content
+
+
+def write_meta_json(metadata: Mapping[str, Sequence[Sample]], path: PathLike) -> Path:
+    """Write ``metadata`` as an AnomalyCLIP ``meta.json``; the official loader reads it as is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(meta_json_content(metadata), handle, indent=4)
+        handle.write("\n")
+    return path
+
+
+def read_jsonl(path: PathLike) -> List[Sample]:
+    """Samples of an AA-CLIP jsonl file (one split)."""
+    path = Path(path)
+    samples = []
+    with open(path, "r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                samples.append(Sample(
+                    image_path=str(entry["image_path"]),
+                    label=entry["label"],
+                    class_name=str(entry["class_name"]),
+                    mask_path=entry.get("mask_path") or None,
+                    specie_name=str(entry.get("specie_name") or ""),
+                ))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+                raise MetadataError(f"{path}, line {number}: {error}") from error
+    return samples
+
+
+def write_jsonl(samples: Iterable[Sample], path: PathLike) -> Path:
+    """Write one split as AA-CLIP jsonl (``mask_path`` only where there is a mask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for sample in samples:
+            entry: Dict[str, object] = {
+                "image_path": sample.image_path,
+                "label": sample.label,
+                "class_name": sample.class_name,
+            }
+            if sample.mask_path:
+                entry["mask_path"] = sample.mask_path
+            if sample.specie_name:
+                entry["specie_name"] = sample.specie_name
+            handle.write(json.dumps(entry) + "\n")
+    return path
+
+
+def meta_json_to_jsonl(meta_path: PathLike, output_dir: PathLike,
+                       splits: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+    """Convert a ``meta.json`` into one ``<split>.jsonl`` per (non-empty) split."""
+    metadata = read_meta_json(meta_path)
+    chosen = list(splits) if splits else [split for split, samples in metadata.items() if samples]
+    missing = [split for split in chosen if split not in metadata]
+    if missing:
+        raise MetadataError(f"{meta_path} has no split {missing}; it has {sorted(metadata)}")
+    return {split: write_jsonl(metadata[split], Path(output_dir) / jsonl_name(split)) for split in chosen}
+
+
+def jsonl_to_meta_json(split_files: Mapping[str, PathLike], meta_path: PathLike) -> Path:
+    """Combine jsonl files (split name -> file) into one ``meta.json``."""
+    return write_meta_json({split: read_jsonl(path) for split, path in split_files.items()}, meta_path)
+
+
+def write_metadata(metadata: Mapping[str, Sequence[Sample]], output: PathLike, fmt: str = "meta") -> List[Path]:
+    """Write ``metadata`` in ``fmt``: ``meta`` (``output`` is the file, or a folder receiving
+    ``meta.json``), ``jsonl`` (``output`` is a folder receiving ``<split>.jsonl`` per non-empty
+    split) or ``both`` (``output`` is a folder)."""
+    if fmt not in ("meta", "jsonl", "both"):
+        raise ValueError(f"format must be 'meta', 'jsonl' or 'both', got {fmt!r}")
+    output = Path(output)
+    if fmt in ("jsonl", "both") and output.suffix in (".json", JSONL_SUFFIX):
+        raise ValueError(f"jsonl output must be a folder (one <split>.jsonl per split), got {output}")
+    written: List[Path] = []
+    if fmt in ("meta", "both"):
+        meta_path = output if fmt == "meta" and output.suffix == ".json" else output / META_JSON
+        written.append(write_meta_json(metadata, meta_path))
+    if fmt in ("jsonl", "both"):
+        written.extend(write_jsonl(samples, output / jsonl_name(split))
+                       for split, samples in metadata.items() if samples)
+    return written
+
+
+def _resolve_metadata_file(root: Path, metadata: PathLike) -> Path:
+    candidate = Path(metadata)
+    if candidate.is_file():
+        return candidate
+    inside = root / candidate
+    if not candidate.is_absolute() and inside.is_file():
+        return inside
+    raise MetadataError(f"metadata file {metadata} not found (also looked for {inside})")
+
+
+def _split_of(metadata: Metadata, split: str, source: Path) -> List[Sample]:
+    by_lower = {name.lower(): name for name in metadata}
+    key = split if split in metadata else by_lower.get(split.lower())
+    if key is None:
+        raise MetadataError(f"{source} has no split {split!r}; it has {sorted(metadata)}")
+    samples = metadata[key]
+    if not samples:
+        filled = sorted(name for name, entries in metadata.items() if entries)
+        raise MetadataError(f"split {split!r} of {source} is empty; splits with images: {filled}")
+    return samples
+
+
+def load_samples(root: PathLike, split: str = "test", metadata: Optional[PathLike] = None) -> List[Sample]:
+    """Samples of ``split`` of the dataset at ``root``.
+
+    ``metadata`` names the file explicitly (absolute, or relative to the working directory or
+    to ``root``); a ``.json`` file is read as ``meta.json`` and ``split`` picked from it, a
+    ``.jsonl`` file is one split by itself (AA-CLIP's ``full-shot.jsonl``, ``16-shot.jsonl``)
+    and ``split`` is not used. Without it, ``root/meta.json`` is used when it has the split,
+    else ``root/<split>.jsonl``.
+    """
+    root = Path(root)
+    if metadata is not None:
+        path = _resolve_metadata_file(root, metadata)
+        if path.suffix == JSONL_SUFFIX:
+            samples = read_jsonl(path)
+            if not samples:
+                raise MetadataError(f"{path} lists no images")
+            logger.info("Read %d samples from %s", len(samples), path)
+            return samples
+        return _split_of(read_meta_json(path), split, path)
+    if not root.is_dir():
+        raise MetadataError(f"dataset root {root} is not a folder")
+    meta_path, jsonl_path = root / META_JSON, root / jsonl_name(split)
+    if meta_path.is_file():
+        content = read_meta_json(meta_path)
+        if split in content or split.lower() in {name.lower() for name in content} or not jsonl_path.is_file():
+            return _split_of(content, split, meta_path)
+    if jsonl_path.is_file():
+        samples = read_jsonl(jsonl_path)
+        if not samples:
+            raise MetadataError(f"{jsonl_path} lists no images")
+        return samples
+    raise MetadataError(
+        f"no metadata in {root}: looked for {META_JSON} and {jsonl_name(split)}. Create it with "
+        f"`python -m generate_dataset_json <dataset> --root {root}` or pass the file explicitly."
+    )
+
+
+def convert_main(argv: Optional[Sequence[str]] = None) -> List[Path]:
+    """``python -m anomaly_clip.data.formats INPUT OUTPUT``: meta.json <-> jsonl conversion."""
+    parser = argparse.ArgumentParser(
+        prog="python -m anomaly_clip.data.formats",
+        description="Convert AnomalyCLIP meta.json into AA-CLIP jsonl files (one per split) or back.")
+    parser.add_argument("input", nargs="+",
+                        help="a meta.json, or one or more jsonl files (their split is the file name "
+                             "without .jsonl unless --split is given)")
+    parser.add_argument("--output", required=True,
+                        help="folder for <split>.jsonl files, or the meta.json to write")
+    parser.add_argument("--split", action="append", default=None,
+                        help="split(s) to take from a meta.json, or the split name of a single jsonl input")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    inputs = [Path(path) for path in args.input]
+    if len(inputs) == 1 and inputs[0].suffix == ".json":
+        written = list(meta_json_to_jsonl(inputs[0], args.output, args.split).values())
+    elif all(path.suffix == JSONL_SUFFIX for path in inputs):
+        if args.split and len(args.split) != len(inputs):
+            parser.error("give one --split per jsonl input")
+        names = args.split or [path.stem for path in inputs]
+        if len(set(names)) != len(names):
+            parser.error(f"split names must differ, got {names}; name them with --split")
+        written = [jsonl_to_meta_json(dict(zip(names, inputs)), args.output)]
+    else:
+        parser.error("input must be one meta.json or jsonl files")
+    for path in written:
+        logger.info("Wrote %s", path)
+    return written
+
+
+if __name__ == "__main__":
+    convert_main()

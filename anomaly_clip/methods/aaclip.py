@@ -1,0 +1,671 @@
+"""AA-CLIP: anomaly-aware CLIP through two-stage residual adaptation (CVPR 2025).
+
+Stage 1 adapts the text tower so that each class's normal and abnormal anchors separate: the
+anchors segment patch features of a frozen V-V CLIP, and a disentangle term pushes the two
+anchors towards orthogonality. Stage 2 freezes those anchors and adapts the image tower so that
+its patch and image features align with them. Inference compares adapted patch features with
+the class's anchors at four depths and blurs the low-resolution maps before upsampling.
+
+Defaults follow the reference code (see the method's documentation page for where it differs
+from the paper and which options give the paper's variant).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..adapters import ImageAdapter, TextAdapter
+from ..backbone import BackboneConfig, CLIPBackbone
+from ..class_prompts import (GENERIC_CLASS, PromptEnsemble, class_text_anchors, describe_class,
+                             read_descriptions)
+from ..data.registry import UnknownDatasetError, get_dataset_info
+from ..detector import AnomalyDetector, MethodConfig, Prediction, register_method
+from ..dpam import DPAMConfig, block_attention, encode_image, mlp_residual, run_block
+from ..losses import classification_loss, segmentation_loss
+from ..smoothing import gaussian_blur
+
+logger = logging.getLogger(__name__)
+
+SIMILARITY_SCALE = 100.0
+DOMAIN_BLUR: Dict[str, Tuple[int, float]] = {"industrial": (7, 1.0), "medical": (9, 1.5)}
+DEFAULT_DOMAIN = "industrial"
+VV_AXES = ("batch", "tokens")
+TEXT_LOSS_LEVELS = ("last", "all")
+IMAGE_SCORES = ("fused", "detection")
+
+TEXT_FILE = "text_adapter.pth"
+IMAGE_FILE = "image_adapter.pth"
+IMAGE_EPOCH_FILE = re.compile(r"^image_adapter_(\d+)\.pth$")
+
+
+@dataclass
+class AdaptedImageConfig(MethodConfig):
+    """Settings of AA-CLIP's image side: residual adapters, level projections, maps and scores.
+
+    ``dataset`` selects, with ``domain``/``blur_kernel``/``blur_sigma`` unset, the map blur of
+    that dataset's domain. ``image_score``: ``fused`` reproduces the reference evaluation (per
+    class, min-max normalised detection score and map maximum combined, see
+    :func:`fuse_class_scores`); ``detection`` keeps the detection score alone.
+    """
+
+    image_adapt_weight: float = 0.1
+    image_adapt_until: int = 6
+    levels: Tuple[int, ...] = (6, 12, 18, 24)
+    relu: bool = False
+    dataset: Optional[str] = None
+    domain: Optional[str] = None
+    blur_kernel: Optional[int] = None
+    blur_sigma: Optional[float] = None
+    image_score: str = "fused"
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(int(level) for level in self.levels)
+        if not 0.0 <= self.image_adapt_weight <= 1.0:
+            raise ValueError(f"image_adapt_weight must lie in [0, 1], got {self.image_adapt_weight}")
+        if self.image_adapt_until < 0:
+            raise ValueError(f"image_adapt_until must be >= 0, got {self.image_adapt_until}")
+        if not self.levels or list(self.levels) != sorted(set(self.levels)) or self.levels[0] < 1:
+            raise ValueError(f"levels must be increasing positive block numbers, got {self.levels}")
+        if self.domain is not None and self.domain not in DOMAIN_BLUR:
+            raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {self.domain!r}")
+        if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
+            raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
+        if self.blur_sigma is not None and self.blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
+
+
+@dataclass
+class AAClipConfig(AdaptedImageConfig):
+    """An AA-CLIP detector's settings (stored in checkpoints): the image side plus the text adapter.
+
+    ``adapt_text=False`` builds anchors with plain CLIP text features (what the reference code
+    does when no text stage was trained); ``dataset`` also selects the class descriptions, which
+    ``class_descriptions`` (class name -> description) overrides.
+    """
+
+    text_adapt_weight: float = 0.1
+    text_adapt_until: int = 3
+    adapt_text: bool = True
+    class_descriptions: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.text_adapt_weight <= 1.0:
+            raise ValueError(f"text_adapt_weight must lie in [0, 1], got {self.text_adapt_weight}")
+        if self.text_adapt_until < 0:
+            raise ValueError(f"text_adapt_until must be >= 0, got {self.text_adapt_until}")
+
+
+def dataset_domain(dataset: Optional[str]) -> Optional[str]:
+    """Domain ("industrial"/"medical") of a registered dataset, None when unknown."""
+    if not dataset:
+        return None
+    try:
+        return get_dataset_info(dataset).domain
+    except UnknownDatasetError:
+        return None
+
+
+def anchor_products(features: torch.Tensor, anchors: torch.Tensor, equation: str) -> torch.Tensor:
+    """``einsum`` of features with anchors in float32 even under autocast: similarities are scaled
+    by 100 before softmax and map arithmetic, where half precision would lose the signal."""
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.einsum(equation, features.float(), anchors.float())
+
+
+def similarity_logits(patch_features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """``100 * cos`` of (B, N, E) unit patch features with (B, E, 2) anchors, as (B, 2, h, w)."""
+    batch, patches, _ = patch_features.shape
+    side = int(round(patches ** 0.5))
+    if side * side != patches:
+        raise ValueError(f"{patches} patch features do not form a square grid")
+    logits = SIMILARITY_SCALE * anchor_products(patch_features, anchors, "bne,bek->bkn")
+    return logits.reshape(batch, anchors.shape[-1], side, side)
+
+
+def segmentation_probabilities(patch_features: torch.Tensor, anchors: torch.Tensor, size: int) -> torch.Tensor:
+    """Training-time maps: logits upsampled (bilinear, corners aligned) to ``size``, softmax over
+    (normal, abnormal): (B, 2, size, size)."""
+    logits = F.interpolate(similarity_logits(patch_features, anchors), size=(size, size), mode="bilinear",
+                           align_corners=True)
+    return logits.softmax(dim=1)
+
+
+def anomaly_maps(patch_features: Sequence[torch.Tensor], anchors: torch.Tensor, size: int,
+                 kernel_size: int, sigma: float) -> torch.Tensor:
+    """Inference maps (B, size, size): per level ``(100 cos_a + 1 - 100 cos_n) / 2`` on the patch
+    grid, Gaussian-blurred there, upsampled (bilinear, corners aligned), summed over levels."""
+    levels = torch.stack([similarity_logits(features, anchors) for features in patch_features])
+    grid = (levels[:, :, 1] + 1 - levels[:, :, 0]) / 2
+    grid = gaussian_blur(grid.float(), kernel_size, sigma)
+    count, batch, side, _ = grid.shape
+    upsampled = F.interpolate(grid.reshape(count * batch, 1, side, side), size=(size, size), mode="bilinear",
+                              align_corners=True)
+    return upsampled.reshape(count, batch, size, size).sum(dim=0)
+
+
+def detection_scores(detection: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """Image score ``(det . t_abnormal + 1) / 2`` of (B, E) detection features."""
+    return (anchor_products(detection, anchors[..., 1], "be,be->b") + 1) / 2
+
+
+def disentangle_loss(anchors: torch.Tensor) -> torch.Tensor:
+    """Square of the batch-mean inner product of each sample's (normal, abnormal) anchors (B, E, 2):
+    zero when the two anchors are orthogonal on average."""
+    return (anchors[..., 0] * anchors[..., 1]).sum(dim=1).mean().pow(2)
+
+
+def _rescale(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The reference evaluation's rescaling to [0, 1] by min and max, skipped when the max is already 1."""
+    if bool(high == 1):
+        return values
+    return (values - low) / (high - low).clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def fuse_class_scores(scores: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor], domain: str) -> torch.Tensor:
+    """Image scores of one class as the reference evaluation computes them.
+
+    Scores and maps are min-max rescaled over the whole class, then an image scores
+    ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical). ``maps`` may be one
+    (N, H, W) tensor or consecutive chunks of it (never concatenated).
+    """
+    if domain not in DOMAIN_BLUR:
+        raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {domain!r}")
+    chunks = [maps] if torch.is_tensor(maps) else list(maps)
+    peaks = torch.cat([chunk.flatten(1).max(dim=1).values.double() for chunk in chunks])
+    if peaks.numel() != scores.numel():
+        raise ValueError(f"{scores.numel()} scores but {peaks.numel()} maps")
+    low = torch.stack([chunk.min().double() for chunk in chunks]).min()
+    high = torch.stack([chunk.max().double() for chunk in chunks]).max()
+    map_max = _rescale(peaks, low, high)
+    if domain == "medical":
+        return map_max.to(scores.dtype)
+    scores64 = scores.double()
+    return (0.5 * map_max + 0.5 * _rescale(scores64, scores64.min(), scores64.max())).to(scores.dtype)
+
+
+def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tensor:
+    """A block whose attention is V-V, MLP kept; ``axis="batch"`` attends across the images of
+    the batch at each token position (what the reference stage-1 extractor computes, because its
+    replacement attention receives sequence-first tensors), ``"tokens"`` across an image's tokens."""
+    normed = block.ln_1(x)
+    if axis == "batch":
+        (attended,) = block_attention(block, normed.transpose(0, 1), ("vv",))
+        attended = attended.transpose(0, 1)
+    else:
+        (attended,) = block_attention(block, normed, ("vv",))
+    return mlp_residual(block, x + attended)
+
+
+def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: Sequence[int],
+                          dpam_layers: int = 20, vv_axis: str = "batch") -> List[torch.Tensor]:
+    """Frozen visual features that supervise the text stage, one (B, N, E) tensor per level.
+
+    Patch tokens of a V-V CLIP (last ``dpam_layers - 1`` blocks single-path V-V) after
+    ``ln_post`` and ``proj``, unit-normalised, plus the unit global embedding of plain CLIP.
+    Both CLIPs share weights and the blocks before V-V, so the trunk runs once.
+    """
+    if vv_axis not in VV_AXES:
+        raise ValueError(f"vv_axis must be one of {VV_AXES}, got {vv_axis!r}")
+    blocks = backbone.visual.transformer.resblocks
+    first = DPAMConfig(layers=dpam_layers, structure="single").first_block(len(blocks))
+    wanted = set(int(level) for level in levels)
+    if not wanted or not all(1 <= level <= len(blocks) for level in wanted):
+        raise ValueError(f"levels {sorted(wanted)} outside 1..{len(blocks)}")
+    plain = backbone.embed_image(images)
+    tokens: Dict[int, torch.Tensor] = {}
+    for index in range(first):
+        plain = run_block(blocks[index], plain)
+        if index + 1 in wanted:
+            tokens[index + 1] = plain
+    surgery = plain
+    for index in range(first, len(blocks)):
+        plain = run_block(blocks[index], plain)
+        surgery = _vv_block(blocks[index], surgery, vv_axis)
+        if index + 1 in wanted:
+            tokens[index + 1] = surgery
+    global_embedding = F.normalize(backbone.project_tokens(plain[:, 0]), dim=-1)
+    return [F.normalize(backbone.project_tokens(tokens[level][:, 1:]), dim=-1) + global_embedding[:, None]
+            for level in sorted(wanted)]
+
+
+class AdaptedImageDetector(AnomalyDetector):
+    """AA-CLIP's image side against normal/abnormal text anchors from any source.
+
+    Subclasses provide :meth:`compute_anchors` (differentiable anchors of anchor keys),
+    :meth:`anchor_keys` (a batch's class names -> keys) and :meth:`anchor_parameters` (the
+    trainable text-side parameters whose changes invalidate cached anchors).
+    """
+
+    config_class = AdaptedImageConfig
+    mask_interpolation = "nearest"
+    argument_fields: Tuple[str, ...] = ("image_adapt_weight", "image_adapt_until", "relu", "domain", "blur_kernel",
+                                        "blur_sigma", "image_score")
+
+    def __init__(self, backbone: CLIPBackbone, config: AdaptedImageConfig):
+        super().__init__(backbone, config)
+        if config.levels[-1] > backbone.num_visual_blocks:
+            raise ValueError(f"levels {config.levels} exceed the {backbone.num_visual_blocks} visual blocks")
+        if config.image_adapt_until > backbone.num_visual_blocks:
+            raise ValueError(f"image_adapt_until {config.image_adapt_until} exceeds the "
+                             f"{backbone.num_visual_blocks} visual blocks")
+        self.image_adapter = ImageAdapter(backbone.vision_width, backbone.embed_dim, config.levels,
+                                          config.image_adapt_until, config.image_adapt_weight,
+                                          config.relu).to(backbone.device)
+        self._anchor_cache: Dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def default_backbone_config(cls) -> BackboneConfig:
+        """The reference code builds exact-GELU ViT-L/14-336 and resizes positions bicubically."""
+        return BackboneConfig(activation="gelu", pos_embed_interpolation="bicubic")
+
+    # ---- anchors -----------------------------------------------------------------------------
+    @abstractmethod
+    def compute_anchors(self, keys: Sequence[str]) -> torch.Tensor:
+        """(C, E, 2) normal/abnormal anchors of C anchor keys (differentiable)."""
+
+    @abstractmethod
+    def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
+        """The anchor key of each class name of a batch."""
+
+    @abstractmethod
+    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters the anchors depend on."""
+
+    def _anchor_state(self) -> tuple:
+        parameters = tuple((p.data_ptr(), p._version) for p in self.anchor_parameters())
+        return (self.device, parameters)
+
+    def anchors_for(self, class_names: Optional[Sequence[str]], batch_size: int) -> torch.Tensor:
+        """Fixed anchors (B, E, 2) for a batch's class names, cached while the text side is
+        unchanged (in-place updates and loads change its parameters' versions)."""
+        names = list(class_names) if class_names is not None else [GENERIC_CLASS] * batch_size
+        if len(names) != batch_size:
+            raise ValueError(f"got {len(names)} class names for {batch_size} images")
+        keys = self.anchor_keys(names)
+        state = self._anchor_state()
+        missing = [k for k in dict.fromkeys(keys) if (state, k) not in self._anchor_cache]
+        if missing:
+            if any(cached[0] != state for cached in self._anchor_cache):
+                self._anchor_cache = {}
+            with torch.no_grad():
+                anchors = self.compute_anchors(missing).float()
+            logger.info("Text anchors computed for %s", ", ".join(repr(k) for k in missing))
+            self._anchor_cache.update({(state, k): a for k, a in zip(missing, anchors)})
+        return torch.stack([self._anchor_cache[(state, k)] for k in keys])
+
+    # ---- image side ------------------------------------------------------------------------
+    def encode_image_features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Adapted unit patch features per level (B, N, E) and the (B, E) detection feature."""
+        features = encode_image(self.backbone, images, layers=self.config.levels,
+                                after_block=self.image_adapter.blocks.after_block)
+        ln_post = self.backbone.visual.ln_post
+        patches = [ln_post(features.layer_tokens[level][:, 1:]) for level in self.config.levels]
+        return self.image_adapter(patches)
+
+    def blur_parameters(self) -> Tuple[int, float]:
+        """(kernel, sigma) of the map blur: explicit settings, else the domain's defaults."""
+        domain = self.domain
+        kernel, sigma = DOMAIN_BLUR[domain]
+        return self.config.blur_kernel or kernel, self.config.blur_sigma or sigma
+
+    @property
+    def domain(self) -> str:
+        """Explicit domain, else the registered dataset's, else industrial."""
+        domain = self.config.domain or dataset_domain(self.config.dataset)
+        if domain not in DOMAIN_BLUR:
+            if domain is not None:
+                logger.warning("Unknown domain %r of dataset %r; using %s settings", domain, self.config.dataset,
+                               DEFAULT_DOMAIN)
+            return DEFAULT_DOMAIN
+        return domain
+
+    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+        """Detection scores (B,) and summed blurred level maps (B, S, S) for a batch."""
+        images = images.to(self.device)
+        with torch.no_grad():
+            patch_features, detection = self.encode_image_features(images)
+            anchors = self.anchors_for(class_names, images.shape[0])
+            kernel, sigma = self.blur_parameters()
+            maps = anomaly_maps(patch_features, anchors, images.shape[-1], kernel, sigma)
+            scores = detection_scores(detection, anchors)
+        return Prediction(scores=scores.float(), maps=maps.float())
+
+    def class_image_scores(self, scores: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Final image scores of all images of one class, given all its scores and maps (one
+        tensor or chunks): see ``AdaptedImageConfig.image_score``."""
+        if self.config.image_score == "detection":
+            return scores
+        return fuse_class_scores(scores, maps, self.domain)
+
+    # ---- training ----------------------------------------------------------------------------
+    def image_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                         class_names: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """Stage 2: CE of ``det . anchors`` against labels plus the segmentation loss summed over
+        levels, anchors fixed."""
+        anchors = self.anchors_for(class_names, images.shape[0])
+        patch_features, detection = self.encode_image_features(images)
+        logits = anchor_products(detection, anchors, "be,bek->bk")
+        classification = classification_loss(logits, labels)
+        size = images.shape[-1]
+        segmentation = sum(segmentation_loss(segmentation_probabilities(f, anchors, size), masks)
+                           for f in patch_features)
+        return {"loss": classification + segmentation, "classification": classification,
+                "segmentation": segmentation}
+
+    # ---- command line ------------------------------------------------------------------------
+    @classmethod
+    def add_test_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group(f"{cls.method_name} options")
+        cls.add_architecture_flags(group)
+        group.add_argument("--domain", choices=sorted(DOMAIN_BLUR), default=None,
+                           help="blur settings of this domain (default: the dataset's domain)")
+        group.add_argument("--blur_kernel", type=int, default=None, help="map blur kernel (7 industrial, 9 medical)")
+        group.add_argument("--blur_sigma", type=float, default=None, help="map blur sigma (1 industrial, 1.5 medical)")
+        group.add_argument("--image_score", choices=IMAGE_SCORES, default=None,
+                           help="fused: per-class normalised detection score and map maximum, as the reference "
+                                "evaluation (default); detection: detection score alone")
+
+    @classmethod
+    def add_architecture_flags(cls, group: argparse._ArgumentGroup) -> None:
+        """Flags shaping the trainable parts, shared by training and evaluation."""
+        group.add_argument("--image_adapt_weight", type=float, default=None, help="image adapter blend weight (0.1)")
+        group.add_argument("--image_adapt_until", type=int, default=None, help="adapted visual blocks (6)")
+        group.add_argument("--relu", action="store_true", default=None,
+                           help="LeakyReLU after the patch/detection projections (read from reference files)")
+        group.add_argument("--levels", type=int, nargs="+", default=None,
+                           help="visual blocks whose patch tokens are projected (default 6 12 18 24)")
+
+    @classmethod
+    def add_image_training_flags(cls, group: argparse._ArgumentGroup) -> None:
+        """Training data and the image stage (reference names and defaults)."""
+        group.add_argument("--shot", type=int, default=0,
+                           help="few-shot training: K images per class, normal:anomalous 1:1 (0 = full shot)")
+        group.add_argument("--training_mode", choices=("few_shot", "full_shot"), default=None,
+                           help="full_shot ignores --shot; few_shot needs --shot > 0 (default: from --shot)")
+        group.add_argument("--image_epoch", type=int, default=20, help="image-stage epochs")
+        group.add_argument("--image_lr", type=float, default=5e-4, help="image-stage Adam learning rate")
+        group.add_argument("--image_batch_size", type=int, default=2, help="image-stage batch size")
+        group.add_argument("--image_milestones", type=int, nargs="+", default=[16000, 32000],
+                           help="image-stage MultiStepLR milestones in iterations")
+        group.add_argument("--image_lr_gamma", type=float, default=0.5, help="image-stage MultiStepLR factor")
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
+        values = dict(base or {})
+        for name in cls.argument_fields:
+            if getattr(args, name, None) is not None:
+                values[name] = getattr(args, name)
+        if getattr(args, "levels", None):
+            values["levels"] = tuple(args.levels)
+        dataset = getattr(args, "dataset", None)
+        data_path = getattr(args, "data_path", None) or getattr(args, "train_data_path", None)
+        if dataset or data_path:
+            values["dataset"] = dataset or Path(data_path).name
+        return values
+
+
+@register_method("aaclip")
+class AAClipDetector(AdaptedImageDetector):
+    """Frozen CLIP with AA-CLIP's text and image residual adapters."""
+
+    config_class = AAClipConfig
+    prompt_ensemble = PromptEnsemble()
+    argument_fields = AdaptedImageDetector.argument_fields + ("text_adapt_weight", "text_adapt_until")
+
+    def __init__(self, backbone: CLIPBackbone, config: AAClipConfig):
+        super().__init__(backbone, config)
+        if config.text_adapt_until > backbone.num_text_blocks:
+            raise ValueError(f"text_adapt_until {config.text_adapt_until} exceeds the "
+                             f"{backbone.num_text_blocks} text blocks")
+        self.text_adapter = TextAdapter(backbone.text_width, backbone.embed_dim, config.text_adapt_until,
+                                        config.text_adapt_weight).to(backbone.device)
+
+    # ---- text side -------------------------------------------------------------------------
+    def describe(self, class_name: str) -> str:
+        return describe_class(class_name, self.config.dataset, self.config.class_descriptions)
+
+    def encode_sentences(self, sentences: Sequence[str]) -> torch.Tensor:
+        """Text features (S, E) of sentences: adapted tower and projection, or plain CLIP.
+
+        Sequences are cut after the longest end-of-text token; under causal attention the
+        padding after it never reaches the pooled token, so the features are unchanged.
+        """
+        backbone = self.backbone
+        token_ids = backbone.tokenize(sentences)
+        eot = token_ids.argmax(dim=-1)
+        token_ids = token_ids[:, : int(eot.max()) + 1]
+        embeddings = backbone.embed_tokens(token_ids)
+        if not self.config.adapt_text:
+            return backbone.encode_text_embeddings(embeddings, eot)
+        pooled = backbone.encode_text_embeddings(embeddings, eot, after_block=self.text_adapter.blocks.after_block,
+                                                 project=False)
+        return self.text_adapter.projection(pooled)
+
+    def compute_anchors(self, descriptions: Sequence[str]) -> torch.Tensor:
+        """(C, E, 2) normal/abnormal anchors of class descriptions (the anchor keys; differentiable)."""
+        return class_text_anchors(self.encode_sentences, descriptions, self.prompt_ensemble)
+
+    def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
+        return [self.describe(name) for name in class_names]
+
+    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
+        return self.text_adapter.parameters()
+
+    def _anchor_state(self) -> tuple:
+        return (self.config.adapt_text,) + super()._anchor_state()
+
+    # ---- training ----------------------------------------------------------------------------
+    def text_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, class_names: Sequence[str],
+                        disentangle_weight: float = 0.1, dpam_layers: int = 20, vv_axis: str = "batch",
+                        loss_levels: str = "last") -> Dict[str, torch.Tensor]:
+        """Stage 1: segment frozen V-V CLIP patch features with the adapted anchors, plus
+        ``weight * (mean over the batch of <t_normal, t_abnormal>)^2``."""
+        if loss_levels not in TEXT_LOSS_LEVELS:
+            raise ValueError(f"loss_levels must be one of {TEXT_LOSS_LEVELS}, got {loss_levels!r}")
+        levels = self.config.levels[-1:] if loss_levels == "last" else self.config.levels
+        with torch.no_grad():
+            features = stage1_patch_features(self.backbone, images, levels, dpam_layers, vv_axis)
+        descriptions = self.anchor_keys(class_names)
+        unique = list(dict.fromkeys(descriptions))
+        class_anchors = self.compute_anchors(unique)
+        anchors = class_anchors[[unique.index(d) for d in descriptions]]
+        size = images.shape[-1]
+        segmentation = sum(segmentation_loss(segmentation_probabilities(f, anchors, size), masks) for f in features)
+        disentangle = disentangle_loss(anchors)
+        return {"loss": segmentation + disentangle_weight * disentangle, "segmentation": segmentation,
+                "disentangle": disentangle}
+
+    # ---- command line ----------------------------------------------------------------------
+    @classmethod
+    def add_train_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("AA-CLIP (reference flag names)")
+        cls.add_architecture_flags(group)
+        group.add_argument("--text_epoch", type=int, default=5, help="stage-1 (text adapter) epochs; 0 skips it")
+        group.add_argument("--text_lr", type=float, default=1e-5, help="stage-1 Adam learning rate")
+        group.add_argument("--text_batch_size", type=int, default=16, help="stage-1 batch size")
+        group.add_argument("--text_norm_weight", type=float, default=0.1,
+                           help="weight of the disentangle loss (anchor orthogonality), gamma in the paper")
+        group.add_argument("--surgery_until_layer", type=int, default=20,
+                           help="stage-1 V-V CLIP: the last N-1 visual blocks use V-V attention")
+        group.add_argument("--vv_axis", choices=VV_AXES, default="batch",
+                           help="stage-1 V-V attention across the batch at each token (reference code) or "
+                                "across each image's tokens")
+        group.add_argument("--text_loss_levels", choices=TEXT_LOSS_LEVELS, default="last",
+                           help="stage-1 segmentation loss on the last level only (reference code) or summed "
+                                "over all levels")
+        cls.add_image_training_flags(group)
+
+    @classmethod
+    def add_architecture_flags(cls, group: argparse._ArgumentGroup) -> None:
+        super().add_architecture_flags(group)
+        group.add_argument("--text_adapt_weight", type=float, default=None, help="text adapter blend weight (0.1)")
+        group.add_argument("--text_adapt_until", type=int, default=None, help="adapted text blocks (3)")
+        group.add_argument("--class_descriptions", default=None,
+                           help="JSON file {class name: description} overriding the built-in descriptive names")
+
+    @classmethod
+    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
+        values = super().config_from_args(args, base)
+        if getattr(args, "class_descriptions", None):
+            values["class_descriptions"] = read_descriptions(args.class_descriptions)
+        return values
+
+    @classmethod
+    def train_from_args(cls, args: argparse.Namespace) -> Path:
+        from ..aaclip_training import train_from_args
+
+        return train_from_args(args)
+
+    # ---- reference checkpoints -------------------------------------------------------------
+    @classmethod
+    def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
+        """Read the reference code's adapter files: a folder holding ``text_adapter.pth`` and
+        ``image_adapter.pth`` / ``image_adapter_{epoch}.pth`` (the plain file, else the latest
+        epoch), or one of those files (the text adapter beside an image file is picked up)."""
+        location = Path(path)
+        if location.is_dir():
+            image_file = _latest_image_file(location)
+            text_file = location / TEXT_FILE
+            if image_file is None:
+                if text_file.is_file():
+                    raise ValueError(f"{location} holds {TEXT_FILE} but no image adapter "
+                                     f"({IMAGE_FILE} or image_adapter_<epoch>.pth): train the image stage first")
+                return None
+            return _official_payload(image_file, text_file if text_file.is_file() else None)
+        if not location.is_file():
+            return None
+        contents = _read_torch_dict(location)
+        if contents is None or "format" in contents:
+            return None
+        if "image_adapter" in contents:
+            text_file = location.parent / TEXT_FILE
+            return _official_payload(location, text_file if text_file.is_file() else None, contents)
+        if "text_adapter" in contents:
+            raise ValueError(f"{location} is an AA-CLIP text adapter alone; pass the folder or the image adapter file "
+                             "(image_adapter.pth) so that both stages are loaded")
+        return None
+
+    def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """Load reference adapter weights; the projection activation (``--relu``) is read from
+        the file's keys, the adapter counts must match the configuration."""
+        image_state = dict(checkpoint["image_adapter"])
+        relu = any(re.fullmatch(r"seg_proj\.\d+\.fc\.0\.weight", key) for key in image_state)
+        if relu != self.config.relu:
+            logger.info("Reference image adapter was trained %s --relu; using that", "with" if relu else "without")
+            self.config.relu = relu
+            for projection in [*self.image_adapter.level_projections, self.image_adapter.detection_projection]:
+                projection.activation = relu
+        self.image_adapter.load_state_dict(image_state_from_official(image_state, self.config), strict=True)
+        text_state = checkpoint.get("text_adapter")
+        if text_state is None:
+            logger.info("No reference text adapter: anchors use plain CLIP text features")
+            self.config.adapt_text = False
+        else:
+            self.text_adapter.load_state_dict(text_state_from_official(dict(text_state), self.config), strict=True)
+            self.config.adapt_text = True
+        self._anchor_cache = {}
+
+    def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
+        """Reference files of ``stage`` ("text", "image", or "" for both)."""
+        files: Dict[str, Dict[str, Any]] = {}
+        if stage in ("", "text") and self.config.adapt_text:
+            files[TEXT_FILE] = {"epoch": epoch, "text_adapter": official_text_state(self)}
+        if stage in ("", "image"):
+            payload = {"epoch": epoch, "image_adapter": official_image_state(self)}
+            files[IMAGE_FILE] = payload
+            if epoch is not None:
+                files[f"image_adapter_{epoch}.pth"] = payload
+        if stage not in ("", "text", "image"):
+            raise ValueError(f"AA-CLIP stages are 'text' and 'image', got {stage!r}")
+        return files
+
+
+
+def _read_torch_dict(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not a reference file
+        return None
+    return contents if isinstance(contents, dict) else None
+
+
+def _latest_image_file(folder: Path) -> Optional[Path]:
+    if (folder / IMAGE_FILE).is_file():
+        return folder / IMAGE_FILE
+    epochs = {int(m.group(1)): p for p in folder.iterdir() if (m := IMAGE_EPOCH_FILE.match(p.name)) and p.is_file()}
+    return epochs[max(epochs)] if epochs else None
+
+
+def _official_payload(image_file: Path, text_file: Optional[Path],
+                      image_contents: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    image_contents = image_contents if image_contents is not None else _read_torch_dict(image_file)
+    if not image_contents or "image_adapter" not in image_contents:
+        raise ValueError(f"{image_file} has no 'image_adapter' entry: not an AA-CLIP image adapter checkpoint")
+    text_state = None
+    if text_file is not None:
+        text_contents = _read_torch_dict(text_file)
+        if not text_contents or "text_adapter" not in text_contents:
+            raise ValueError(f"{text_file} has no 'text_adapter' entry: not an AA-CLIP text adapter checkpoint")
+        text_state = text_contents["text_adapter"]
+    return {"image_adapter": image_contents["image_adapter"], "text_adapter": text_state,
+            "epoch": image_contents.get("epoch"), "source": str(image_file)}
+
+
+def _check_keys(found: Mapping[str, Any], expected: Sequence[str], what: str, hint: str) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"reference {what} does not fit this configuration ({hint}): "
+                         f"missing {missing[:6]}, unexpected {unexpected[:6]}")
+
+
+def _projection_key(prefix: str, relu: bool) -> str:
+    return f"{prefix}.fc.0.weight" if relu else f"{prefix}.fc.weight"
+
+
+def official_text_state(detector: AAClipDetector) -> Dict[str, torch.Tensor]:
+    """Text adapter in the reference layout: adapters ``{i}.fc.0.weight``, then the projection."""
+    adapter = detector.text_adapter
+    state = {f"{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
+    state[f"{len(adapter.blocks)}.fc.0.weight"] = adapter.projection.linear.weight
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def text_state_from_official(state: Mapping[str, torch.Tensor], config: AAClipConfig) -> Dict[str, torch.Tensor]:
+    count = config.text_adapt_until
+    expected = [f"{i}.fc.0.weight" for i in range(count + 1)]
+    _check_keys(state, expected, "text adapter", f"--text_adapt_until {count}")
+    converted = {f"blocks.adapters.{i}.linear.weight": state[f"{i}.fc.0.weight"] for i in range(count)}
+    converted["projection.linear.weight"] = state[f"{count}.fc.0.weight"]
+    return converted
+
+
+def official_image_state(detector: AdaptedImageDetector) -> Dict[str, torch.Tensor]:
+    """Image adapter in the reference layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
+    adapter, relu = detector.image_adapter, detector.config.relu
+    state = {f"layer_adapters.{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
+    state.update({_projection_key(f"seg_proj.{i}", relu): p.linear.weight
+                  for i, p in enumerate(adapter.level_projections)})
+    state[_projection_key("det_proj", relu)] = adapter.detection_projection.linear.weight
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def image_state_from_official(state: Mapping[str, torch.Tensor], config: AdaptedImageConfig) -> Dict[str, torch.Tensor]:
+    count, levels, relu = config.image_adapt_until, len(config.levels), config.relu
+    adapters = {f"layer_adapters.{i}.fc.0.weight": f"blocks.adapters.{i}.linear.weight" for i in range(count)}
+    projections = {_projection_key(f"seg_proj.{i}", relu): f"level_projections.{i}.linear.weight"
+                   for i in range(levels)}
+    names = {**adapters, **projections, _projection_key("det_proj", relu): "detection_projection.linear.weight"}
+    _check_keys(state, list(names), "image adapter", f"--image_adapt_until {count}, {levels} levels")
+    return {ours: state[theirs] for theirs, ours in names.items()}

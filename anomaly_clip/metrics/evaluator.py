@@ -1,0 +1,137 @@
+"""Per-class accumulation of predictions during evaluation, then one metrics report.
+
+Each batch is split by class and moved to the host at once: labels as bool, image scores as
+float64 (a few numbers per image), maps in ``map_dtype`` (float32 by default, float16 to halve
+the memory) and masks as bool. The per-class chunks are never concatenated; the metric
+functions read them chunk by chunk, so evaluation holds the maps once plus the bounded
+temporaries of :mod:`.ordering`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._inputs import as_binary, as_maps, as_scores, check_finite
+from .ordering import DEFAULT_BLOCK_SIZE
+from .pixel import pixel_metrics
+from .pro import DEFAULT_FPR_LIMIT, DEFAULT_NUM_THRESHOLDS, check_pro_settings, get_aupro_definition
+from .ranking import binary_ranking_metrics, is_applicable
+from .report import LEVELS, ClassMetrics, MetricsReport
+
+logger = logging.getLogger(__name__)
+
+METRIC_SETS = tuple(LEVELS)
+MAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass
+class _ClassData:
+    labels: List[Tensor] = field(default_factory=list)
+    scores: List[Tensor] = field(default_factory=list)
+    maps: List[Tensor] = field(default_factory=list)
+    masks: List[Tensor] = field(default_factory=list)
+
+
+class AnomalyEvaluator:
+    """Collects labels, scores, maps and masks per class; :meth:`compute` gives the report.
+
+    ``metrics``: ``"image-level"``, ``"pixel-level"`` or ``"image-pixel-level"``;
+    ``aupro``: a name in :data:`~anomaly_clip.metrics.AUPRO_DEFINITIONS` (``"compat"``
+    reproduces AnomalyCLIP's published tables, ``"exact"`` is the MVTec benchmark's).
+    """
+
+    def __init__(self, metrics: str = "image-pixel-level", aupro: str = "compat",
+                 map_dtype: torch.dtype = torch.float32, fpr_limit: float = DEFAULT_FPR_LIMIT,
+                 num_thresholds: int = DEFAULT_NUM_THRESHOLDS, block_size: int = DEFAULT_BLOCK_SIZE,
+                 progress: bool = False):
+        if metrics not in LEVELS:
+            raise ValueError(f"metrics must be one of {METRIC_SETS}, got {metrics!r}")
+        if map_dtype not in MAP_DTYPES:
+            raise ValueError(f"map_dtype must be one of {MAP_DTYPES}, got {map_dtype}")
+        get_aupro_definition(aupro)
+        check_pro_settings(fpr_limit, num_thresholds)
+        self.metrics = metrics
+        self.aupro = aupro
+        self.map_dtype = map_dtype
+        self.fpr_limit = fpr_limit
+        self.num_thresholds = num_thresholds
+        self.block_size = block_size
+        self.progress = progress
+        self._classes: Dict[str, _ClassData] = {}
+
+    @property
+    def pixel_level(self) -> bool:
+        return self.metrics != "image-level"
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self._classes)
+
+    def reset(self) -> None:
+        self._classes.clear()
+
+    def update(self, class_names: Sequence[str], labels: Tensor, scores: Tensor,
+               maps: Optional[Tensor] = None, masks: Optional[Tensor] = None) -> None:
+        """Add one batch: ``labels``/``scores`` ``[N]``, ``maps``/``masks`` ``[N, H, W]`` (pixel metrics)."""
+        class_names = list(class_names)
+        count = len(class_names)
+        labels = as_binary(torch.as_tensor(labels), "labels").reshape(-1)
+        scores = as_scores(torch.as_tensor(scores))
+        if labels.numel() != count or scores.numel() != count:
+            raise ValueError(f"{count} class names but {labels.numel()} labels and {scores.numel()} scores")
+        if self.pixel_level:
+            if maps is None or masks is None:
+                raise ValueError(f"metrics={self.metrics!r} needs maps and masks")
+            maps = as_maps(maps)[0]
+            masks = as_binary(masks, "masks").reshape(maps.shape)
+            if maps.shape[0] != count:
+                raise ValueError(f"{count} class names but {maps.shape[0]} maps")
+            check_finite(maps, "maps")
+        for name in dict.fromkeys(class_names):
+            index = [i for i, other in enumerate(class_names) if other == name]
+            data = self._classes.setdefault(name, _ClassData())
+            data.labels.append(_take(labels, index).to("cpu"))
+            data.scores.append(_take(scores, index).to("cpu", torch.float64))
+            if self.pixel_level:
+                data.maps.append(_take(maps, index).to("cpu", self.map_dtype))
+                data.masks.append(_take(masks, index).to("cpu"))
+
+    def compute(self) -> MetricsReport:
+        """Metrics of every class seen so far, in order of first appearance, plus their mean."""
+        if not self._classes:
+            raise ValueError("no predictions were added; call update() first")
+        rows = [self._class_metrics(name, data)
+                for name, data in tqdm(self._classes.items(), desc="metrics", disable=not self.progress,
+                                       dynamic_ncols=True, leave=False)]
+        return MetricsReport(rows, metrics=self.metrics, aupro_definition=self.aupro, fpr_limit=self.fpr_limit,
+                             num_thresholds=self.num_thresholds)
+
+    def _class_metrics(self, name: str, data: _ClassData) -> ClassMetrics:
+        labels = torch.cat(data.labels)
+        values = {}
+        if self.metrics != "pixel-level":
+            image = binary_ranking_metrics(torch.cat(data.scores), labels)
+            if not is_applicable(image.auroc):
+                logger.info("class %s: all %d images share one label; image metrics not applicable",
+                            name, labels.numel())
+            values.update(image_auroc=image.auroc, image_ap=image.average_precision, image_f1_max=image.f1_max)
+        if self.pixel_level:
+            pixel = pixel_metrics(data.maps, data.masks, aupro=self.aupro, fpr_limit=self.fpr_limit,
+                                  num_thresholds=self.num_thresholds, block_size=self.block_size)
+            if not is_applicable(pixel.auroc):
+                logger.info("class %s: masks have no anomalous (or no normal) pixel; pixel metrics not applicable",
+                            name)
+            values.update(pixel_auroc=pixel.auroc, pixel_ap=pixel.average_precision, pixel_f1_max=pixel.f1_max,
+                          pixel_aupro=pixel.aupro)
+        return ClassMetrics(name, labels.numel(), int(labels.sum()), **values)
+
+
+def _take(values: Tensor, index: List[int]) -> Tensor:
+    if len(index) == values.shape[0]:
+        return values
+    return values[torch.tensor(index, device=values.device)]

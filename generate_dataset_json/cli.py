@@ -1,0 +1,87 @@
+"""Command line of the metadata generator; the layouts themselves live in
+:mod:`anomaly_clip.data.registry` and :mod:`anomaly_clip.data.layouts`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+from tabulate import tabulate
+
+from anomaly_clip.data.fewshot import few_shot_subset
+from anomaly_clip.data.formats import write_jsonl, write_metadata
+from anomaly_clip.data.layouts import LayoutError
+from anomaly_clip.data.records import count_table
+from anomaly_clip.data.registry import get_dataset_info, list_rows, scan_dataset
+
+logger = logging.getLogger("generate_dataset_json")
+
+
+def generate(dataset: str, root: Union[str, Path], fmt: str = "meta", output: Optional[Union[str, Path]] = None,
+             class_name: Optional[str] = None, normal_dir: Optional[str] = None,
+             anomalous_dir: Optional[str] = None, mask_dir: Optional[str] = None, split: Optional[str] = None,
+             few_shot: int = 0, few_shot_split: str = "test", seed: int = 0) -> List[Path]:
+    """Scan ``root`` as ``dataset`` and write its metadata; returns the files written.
+
+    ``output`` defaults to ``root`` (``meta.json`` and/or ``<split>.jsonl`` inside it); with
+    ``few_shot`` K > 0, ``<K>-shot.jsonl`` (AA-CLIP's naming) holds a seeded K-per-class subset
+    of ``few_shot_split``.
+    """
+    info = get_dataset_info(dataset)
+    metadata = scan_dataset(info.name, root, class_name=class_name, normal_dir=normal_dir,
+                            anomalous_dir=anomalous_dir, mask_dir=mask_dir, split=split)
+    logger.info("%s at %s:\n%s", info.title, root, tabulate(count_table(metadata), headers="keys"))
+    if info.image_level_only:
+        logger.info("%s has image-level labels only (no masks)", info.title)
+    target = Path(output) if output is not None else Path(root)
+    written = write_metadata(metadata, target, fmt)
+    if few_shot:
+        if few_shot_split not in metadata:
+            raise LayoutError(f"no split {few_shot_split!r} for the few-shot subset; found {sorted(metadata)}")
+        subset = few_shot_subset(metadata[few_shot_split], few_shot, seed=seed)
+        folder = target.parent if target.suffix == ".json" else target
+        written.append(write_jsonl(subset, folder / f"{few_shot}-shot.jsonl"))
+    for path in written:
+        logger.info("Wrote %s", path)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m generate_dataset_json",
+        description="Write AnomalyCLIP meta.json / AA-CLIP jsonl metadata for a dataset in its published layout.")
+    parser.add_argument("dataset", nargs="?", help="dataset name or alias (see --list)")
+    parser.add_argument("--root", help="dataset root folder")
+    parser.add_argument("--format", choices=("meta", "jsonl", "both"), default="meta",
+                        help="meta.json (AnomalyCLIP), <split>.jsonl (AA-CLIP) or both (default meta)")
+    parser.add_argument("--output", default=None,
+                        help="meta.json path or output folder (default: the dataset root)")
+    parser.add_argument("--class-name", default=None, help="class name of a single-class dataset")
+    parser.add_argument("--normal-dir", default=None, help="'folders' layout: folder of normal images")
+    parser.add_argument("--anomalous-dir", default=None, help="'folders' layout: folder of anomalous images")
+    parser.add_argument("--mask-dir", default=None, help="'folders' layout: optional folder of masks")
+    parser.add_argument("--split", default=None, help="'folders' layout: split name (default test)")
+    parser.add_argument("--few-shot", type=int, default=0, metavar="K",
+                        help="also write <K>-shot.jsonl: K images per class, half normal, half anomalous")
+    parser.add_argument("--few-shot-split", default="test", help="split the few-shot subset is drawn from")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the few-shot subset")
+    parser.add_argument("--list", action="store_true", help="list the supported datasets and exit")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.list:
+        sys.stdout.write(tabulate(list_rows(), headers="keys") + "\n")
+        return []
+    if not args.dataset or not args.root:
+        parser.error("give a dataset name and --root (or --list)")
+    try:
+        return generate(args.dataset, args.root, args.format, args.output, args.class_name, args.normal_dir,
+                        args.anomalous_dir, args.mask_dir, args.split, args.few_shot, args.few_shot_split, args.seed)
+    except ValueError as error:  # unknown name, tree not in the layout, unwritable output
+        parser.exit(2, f"error: {error}\n")
