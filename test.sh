@@ -14,8 +14,10 @@ OUT=${OUT:-./results}
 WEIGHTS_ARGS=()
 [ -n "${WEIGHTS:-}" ] && WEIGHTS_ARGS=(--weights "$WEIGHTS")
 
-last_checkpoint() {  # newest epoch_N.pth (highest N) of a train.sh output folder
-  ls "$1"/*epoch_*.pth 2>/dev/null | grep -v official | sort -t_ -k2 -V | tail -n 1
+# the file that holds a finished model: epoch_N.pth (AnomalyCLIP), image_epoch_N.pth (AA-CLIP stage 2)
+if [ "$METHOD" = "anomalyclip" ]; then FINAL_PREFIX=epoch_; else FINAL_PREFIX=image_epoch_; fi
+last_checkpoint() {  # highest-numbered final checkpoint of a train.sh output folder
+  ls "$1"/${FINAL_PREFIX}*.pth 2>/dev/null | sort -V | tail -n 1
 }
 CKPT_VISA=${CKPT_VISA:-$(last_checkpoint "./checkpoints/${METHOD}_visa" || true)}
 CKPT_MVTEC=${CKPT_MVTEC:-$(last_checkpoint "./checkpoints/${METHOD}_mvtec" || true)}

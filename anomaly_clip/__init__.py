@@ -5,16 +5,29 @@ Typical use::
     import anomaly_clip
     model = anomaly_clip.load("checkpoints/epoch_15.pth")
     scores, maps = model.predict_paths(["part.png"])
+
+Names are imported on first use, so ``python -m anomaly_clip.data...`` starts without building
+the model code.
 """
-from . import methods  # noqa: F401 - registers the built-in methods
-from .backbone import BackboneConfig, CLIPBackbone, WeightsNotFoundError, load_backbone
-from .checkpoint import load, save_checkpoint
-from .detector import METHODS, AnomalyDetector, Prediction, get_method
-from .dpam import DPAMConfig, encode_image
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AnomalyDetector", "BackboneConfig", "CLIPBackbone", "DPAMConfig", "METHODS", "Prediction",
-    "WeightsNotFoundError", "encode_image", "get_method", "load", "load_backbone", "save_checkpoint",
-]
+_EXPORTS = {
+    "BackboneConfig": "backbone", "CLIPBackbone": "backbone", "WeightsNotFoundError": "backbone",
+    "load_backbone": "backbone", "load": "checkpoint", "save_checkpoint": "checkpoint",
+    "METHODS": "detector", "AnomalyDetector": "detector", "Prediction": "detector", "get_method": "detector",
+    "DPAMConfig": "dpam", "encode_image": "dpam", "evaluate": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'anomaly_clip' has no attribute {name!r}")
+    module = import_module(f".{_EXPORTS[name]}", __name__)
+    if name in ("load", "get_method", "METHODS"):
+        import_module(".methods", __name__)
+    return getattr(module, name)

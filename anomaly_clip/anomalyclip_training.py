@@ -41,6 +41,9 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
     matmul may round differently when an image shares its batch with other images).
     """
     seed_everything(seed)
+    if detector.config.seg_loss_weight and getattr(dataset, "has_masks", True) is False:
+        raise ValueError("the training data has no masks (image-level only): train the global loss alone "
+                         "with --seg_loss_weight 0")
     if detector.config.object_classes:
         known = set(detector.prompt_learner.class_names)
         names = {sample.class_name.replace("_", " ") for sample in dataset.samples}

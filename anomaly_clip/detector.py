@@ -100,6 +100,13 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
         """Score a batch of preprocessed images (B, 3, S, S)."""
 
+    def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
+                           map_floors: torch.Tensor) -> torch.Tensor:
+        """Image scores used for the image metrics of one class, from all of its images' scores
+        and the maximum / minimum of each of their maps. A method whose reference evaluation
+        fuses scores over a whole class overrides this; by default the scores are used as they are."""
+        return scores
+
     @torch.no_grad()
     def predict_paths(self, paths: Sequence[str], class_names: Optional[Sequence[str]] = None,
                       batch_size: int = 8) -> Prediction:

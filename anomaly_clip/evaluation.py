@@ -95,11 +95,16 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
     """
     if metrics not in METRIC_LEVELS:
         raise ValueError(f"metrics must be one of {METRIC_LEVELS}, got {metrics!r}")
+    if metrics != "image-level" and getattr(dataset, "has_masks", True) is False:
+        logger.warning("The dataset has no masks (image-level only): reporting image-level metrics only")
+        metrics = "image-level"
     detector.eval()
     device = detector.device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    evaluator = AnomalyEvaluator(metrics=metrics, aupro=aupro)
+    fuses_scores = type(detector).class_image_scores is not AnomalyDetector.class_image_scores
+    evaluator = AnomalyEvaluator(metrics=metrics, aupro=aupro,
+                                 class_score_transform=detector.class_image_scores if fuses_scores else None)
     writer = PredictionWriter(save_predictions) if save_predictions else None
     for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
         images = batch["image"].to(device, non_blocking=True)

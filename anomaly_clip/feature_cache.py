@@ -126,7 +126,10 @@ class EpochLoader:
         self.collate_fn = collate_fn
 
     def set_epoch(self, epoch: int) -> None:
+        """Fix this epoch's sample order (and the dataset's augmentation stream, if it has one)."""
         self.sampler.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -14,7 +14,7 @@ from .training import PRECISIONS
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
-    group.add_argument("--model", default=None, help="open_clip model name (default ViT-L-14-336)")
+    group.add_argument("--model", "--model_name", dest="model", default=None, help="open_clip model name (default ViT-L-14-336)")
     group.add_argument("--pretrained", default=None, help="open_clip pretrained tag (default openai)")
     group.add_argument("--weights", default=None,
                        help="local CLIP weights: OpenAI file (e.g. ViT-L-14-336px.pt) or open_clip checkpoint")

@@ -64,7 +64,8 @@ def test_conversion_command_line(tmp_path):
     assert sorted(p.name for p in written) == ["test.jsonl", "train.jsonl"]
     rebuilt = convert_main([str(tmp_path / "out" / "test.jsonl"), "--output", str(tmp_path / "m.json")])
     assert read_meta_json(rebuilt[0]) == {"test": METADATA["test"]}
-    renamed = convert_main([str(tmp_path / "out" / "test.jsonl"), "--split", "full", "--output", str(tmp_path / "f.json")])
+    renamed = convert_main([str(tmp_path / "out" / "test.jsonl"), "--split", "full",
+                            "--output", str(tmp_path / "f.json")])
     assert list(read_meta_json(renamed[0])) == ["full"]
 
 

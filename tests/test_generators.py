@@ -78,7 +78,8 @@ TREES: Dict[str, tuple] = {
         ["tubes/ground_truth/anomalous/000_mask.png"], [], [],
         [("train", "tubes/train/good/000.png", 0, "tubes", None, "good"),
          ("test", "tubes/test/good/000.png", 0, "tubes", None, "good"),
-         ("test", "tubes/test/anomalous/000.png", 1, "tubes", "tubes/ground_truth/anomalous/000_mask.png", "anomalous")],
+         ("test", "tubes/test/anomalous/000.png", 1, "tubes", "tubes/ground_truth/anomalous/000_mask.png",
+          "anomalous")],
     ),
     "dtd": (
         ["Woven_001/train/good/000.png", "Woven_001/test/good/000.png", "Woven_001/test/bad/003.png"],

@@ -155,3 +155,23 @@ def test_report_of_real_evaluation_round_trips(tmp_path):
     assert "pixel AUPRO (exact)" in content["mean"]
     assert len(content["classes"]) == len(report.rows)
     assert np.isfinite(content["mean"]["pixel AUPRO (exact)"])
+
+
+def test_class_score_transform_sees_whole_class_peaks_and_floors():
+    seen = {}
+
+    def transform(scores, peaks, floors):
+        seen["args"] = (scores.clone(), peaks.clone(), floors.clone())
+        return peaks  # rank images by their map maximum
+
+    evaluator = AnomalyEvaluator(metrics="image-level", class_score_transform=transform)
+    maps = torch.zeros(4, 3, 3)
+    maps[1, 0, 0], maps[3, 2, 2], maps[0, 1, 1] = 5.0, 7.0, -1.0
+    labels = torch.tensor([0, 1, 0, 1])
+    scores = torch.tensor([0.9, 0.1, 0.8, 0.2])
+    evaluator.update(["a", "a"], labels[:2], scores[:2], maps[:2])
+    evaluator.update(["a", "a"], labels[2:], scores[2:], maps[2:])
+    report = evaluator.compute()
+    assert report.rows[0].image_auroc == 1.0  # the raw scores would give 0.0
+    torch.testing.assert_close(seen["args"][1], torch.tensor([0.0, 5.0, 0.0, 7.0], dtype=torch.float64))
+    torch.testing.assert_close(seen["args"][2], torch.tensor([-1.0, 0.0, 0.0, 0.0], dtype=torch.float64))

@@ -573,7 +573,8 @@ class PlainFolders(Layout):
                     missing.append(_relative(image, root))
                 samples.append(Sample(_relative(image, root), label, self.class_name,
                                       _relative(mask, root) if mask else None, state))
-        _raise_missing_masks(missing, f"Masks in {self.mask_dir} are matched by name: <stem>.<ext> or <stem>_mask.<ext>.")
+        _raise_missing_masks(missing, f"Masks in {self.mask_dir} are matched by name: "
+                                      f"<stem>.<ext> or <stem>_mask.<ext>.")
         finder.report_unused()
         return {self.split: samples} if samples else {}
 

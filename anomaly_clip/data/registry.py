@@ -58,7 +58,8 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain of {self.name} must be one of {DOMAINS}, got {self.domain!r}")
-        if self.image_level_only == self.layout.has_masks and not isinstance(self.layout, (CustomFolders, PlainFolders)):
+        user_layout = isinstance(self.layout, (CustomFolders, PlainFolders))
+        if self.image_level_only == self.layout.has_masks and not user_layout:
             raise ValueError(f"{self.name}: image_level_only must be the opposite of its layout having masks")
 
 

@@ -237,7 +237,8 @@ def _force_change(clean: np.ndarray, changed: np.ndarray, mask: np.ndarray) -> n
     return np.where(mask[..., None], result, base).astype(np.uint8)
 
 
-def add_defect(scene: Scene, kind: str, rng: np.random.Generator, min_fraction: float = 0.002) -> Tuple[np.ndarray, np.ndarray]:
+def add_defect(scene: Scene, kind: str, rng: np.random.Generator,
+               min_fraction: float = 0.002) -> Tuple[np.ndarray, np.ndarray]:
     """``(image, mask)``: ``scene`` with one defect of ``kind`` on its object; ``mask`` is exactly
     the set of changed pixels and covers at least ``min_fraction`` of the image."""
     size = scene.image.shape[0]

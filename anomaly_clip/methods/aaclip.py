@@ -172,22 +172,21 @@ def _rescale(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tor
     return (values - low) / (high - low).clamp_min(torch.finfo(values.dtype).tiny)
 
 
-def fuse_class_scores(scores: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor], domain: str) -> torch.Tensor:
+def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
+                      domain: str) -> torch.Tensor:
     """Image scores of one class as the reference evaluation computes them.
 
     Scores and maps are min-max rescaled over the whole class, then an image scores
-    ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical). ``maps`` may be one
-    (N, H, W) tensor or consecutive chunks of it (never concatenated).
+    ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical). Only each map's
+    maximum (``map_peaks``) and minimum (``map_floors``) are needed, so no map is kept for this.
     """
     if domain not in DOMAIN_BLUR:
         raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {domain!r}")
-    chunks = [maps] if torch.is_tensor(maps) else list(maps)
-    peaks = torch.cat([chunk.flatten(1).max(dim=1).values.double() for chunk in chunks])
-    if peaks.numel() != scores.numel():
-        raise ValueError(f"{scores.numel()} scores but {peaks.numel()} maps")
-    low = torch.stack([chunk.min().double() for chunk in chunks]).min()
-    high = torch.stack([chunk.max().double() for chunk in chunks]).max()
-    map_max = _rescale(peaks, low, high)
+    if not scores.numel() == map_peaks.numel() == map_floors.numel():
+        raise ValueError(f"{scores.numel()} scores but {map_peaks.numel()} map peaks and "
+                         f"{map_floors.numel()} map floors")
+    peaks = map_peaks.double()
+    map_max = _rescale(peaks, map_floors.double().min(), peaks.max())
     if domain == "medical":
         return map_max.to(scores.dtype)
     scores64 = scores.double()
@@ -341,12 +340,12 @@ class AdaptedImageDetector(AnomalyDetector):
             scores = detection_scores(detection, anchors)
         return Prediction(scores=scores.float(), maps=maps.float())
 
-    def class_image_scores(self, scores: torch.Tensor, maps: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Final image scores of all images of one class, given all its scores and maps (one
-        tensor or chunks): see ``AdaptedImageConfig.image_score``."""
+    def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
+                           map_floors: torch.Tensor) -> torch.Tensor:
+        """Final image scores of one class: see ``AdaptedImageConfig.image_score``."""
         if self.config.image_score == "detection":
             return scores
-        return fuse_class_scores(scores, maps, self.domain)
+        return fuse_class_scores(scores, map_peaks, map_floors, self.domain)
 
     # ---- training ----------------------------------------------------------------------------
     def image_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -35,6 +35,8 @@ class _ClassData:
     scores: List[Tensor] = field(default_factory=list)
     maps: List[Tensor] = field(default_factory=list)
     masks: List[Tensor] = field(default_factory=list)
+    map_peaks: List[Tensor] = field(default_factory=list)
+    map_floors: List[Tensor] = field(default_factory=list)
 
 
 class AnomalyEvaluator:
@@ -43,12 +45,16 @@ class AnomalyEvaluator:
     ``metrics``: ``"image-level"``, ``"pixel-level"`` or ``"image-pixel-level"``;
     ``aupro``: a name in :data:`~anomaly_clip.metrics.AUPRO_DEFINITIONS` (``"compat"``
     reproduces AnomalyCLIP's published tables, ``"exact"`` is the MVTec benchmark's).
+    ``class_score_transform(scores, map_peaks, map_floors)``, if given, turns a whole class's
+    image scores into the ones ranked for the image metrics (a method whose protocol fuses
+    scores with each map's maximum over the class); it needs ``maps`` in every update.
     """
 
     def __init__(self, metrics: str = "image-pixel-level", aupro: str = "compat",
                  map_dtype: torch.dtype = torch.float32, fpr_limit: float = DEFAULT_FPR_LIMIT,
                  num_thresholds: int = DEFAULT_NUM_THRESHOLDS, block_size: int = DEFAULT_BLOCK_SIZE,
-                 progress: bool = False):
+                 progress: bool = False,
+                 class_score_transform: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None):
         if metrics not in LEVELS:
             raise ValueError(f"metrics must be one of {METRIC_SETS}, got {metrics!r}")
         if map_dtype not in MAP_DTYPES:
@@ -62,6 +68,7 @@ class AnomalyEvaluator:
         self.num_thresholds = num_thresholds
         self.block_size = block_size
         self.progress = progress
+        self.class_score_transform = class_score_transform
         self._classes: Dict[str, _ClassData] = {}
 
     @property
@@ -92,11 +99,19 @@ class AnomalyEvaluator:
             if maps.shape[0] != count:
                 raise ValueError(f"{count} class names but {maps.shape[0]} maps")
             check_finite(maps, "maps")
+        if self.class_score_transform is not None:
+            if maps is None:
+                raise ValueError("class_score_transform needs the maps of every batch")
+            flat = torch.as_tensor(maps).reshape(count, -1)
+            peaks, floors = flat.amax(dim=1), flat.amin(dim=1)
         for name in dict.fromkeys(class_names):
             index = [i for i, other in enumerate(class_names) if other == name]
             data = self._classes.setdefault(name, _ClassData())
             data.labels.append(_take(labels, index).to("cpu"))
             data.scores.append(_take(scores, index).to("cpu", torch.float64))
+            if self.class_score_transform is not None:
+                data.map_peaks.append(_take(peaks, index).to("cpu", torch.float64))
+                data.map_floors.append(_take(floors, index).to("cpu", torch.float64))
             if self.pixel_level:
                 data.maps.append(_take(maps, index).to("cpu", self.map_dtype))
                 data.masks.append(_take(masks, index).to("cpu"))
@@ -115,7 +130,10 @@ class AnomalyEvaluator:
         labels = torch.cat(data.labels)
         values = {}
         if self.metrics != "pixel-level":
-            image = binary_ranking_metrics(torch.cat(data.scores), labels)
+            scores = torch.cat(data.scores)
+            if self.class_score_transform is not None:
+                scores = self.class_score_transform(scores, torch.cat(data.map_peaks), torch.cat(data.map_floors))
+            image = binary_ranking_metrics(scores, labels)
             if not is_applicable(image.auroc):
                 logger.info("class %s: all %d images share one label; image metrics not applicable",
                             name, labels.numel())

@@ -8,26 +8,26 @@ as plain values (on the CPU NumPy's vectorised in-place sort, several times fast
 ``torch.sort``; elsewhere ``torch.sort`` on the tensors' device), plus binary searches for the
 queries; all further arithmetic runs on the positives only.
 
-Memory stays bounded for any number of items: when there are more than ``block_size``, a
-histogram of order-preserving integer keys (top 16 bits first, refined 16 bits at a time
-where one bin alone is too big) splits the score range into consecutive blocks of at most
-``block_size`` items that are gathered and sorted one after another; a single score shared by
-more items than that is counted without sorting.
+Memory stays bounded for any number of float32 (or narrower) scores: when there are more than
+``block_size``, a histogram of order-preserving 32-bit keys (top 16 bits, refined by the low 16
+bits where one bin alone is too big) splits the score range into consecutive blocks of at most
+``block_size`` items, gathered and sorted one after another; a single score shared by more items
+than that is counted without sorting. float64 scores are sorted in one block.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-DEFAULT_BLOCK_SIZE = 1 << 27
-"""Scores sorted at once (512 MB as float32); larger sets are ranked in blocks of this many."""
+DEFAULT_BLOCK_SIZE = 1 << 26
+"""Scores sorted at once (256 MB as float32, 250 maps of 518 x 518); larger sets are ranked in blocks."""
 
 _PIECE = 1 << 22
-_BIN_BITS = 16
-_MAX_BINS = 1 << 24
+_BINS = 1 << 16
 _NARROW = (torch.float16, torch.bfloat16, torch.float32, torch.bool, torch.uint8, torch.int8, torch.int16)
 
 
@@ -36,19 +36,11 @@ def key_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _NARROW else torch.float64
 
 
-def descending_keys(values: Tensor) -> Tensor:
-    """int64 keys whose ascending order is the descending order of ``values``.
-
-    Equal values get equal keys (``0.0`` and ``-0.0`` included). NaN must be excluded
-    beforehand. Keys of float32-representable scores lie in ``(-2**31, 2**31)``.
-    """
-    if key_dtype(values.dtype) == torch.float32:
-        bits = values.to(torch.float32).view(torch.int32).to(torch.int64)
-        magnitude = bits & 0x7FFFFFFF
-    else:
-        bits = values.to(torch.float64).view(torch.int64)
-        magnitude = bits & 0x7FFFFFFFFFFFFFFF
-    return torch.where(bits < 0, magnitude, -magnitude)
+def order_keys(values: Tensor) -> Tensor:
+    """int32 keys with the order of float32-representable ``values``; equal values (0.0 and -0.0
+    included) get equal keys. NaN must be excluded beforehand."""
+    bits = (values.to(torch.float32) + 0.0).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
 def sort_ascending_(values: Tensor) -> Tensor:
@@ -80,24 +72,26 @@ def count_greater_equal(chunks: Sequence[Tensor], queries: Tensor,
     device = chunks[0].device
     queries = queries.to(device, dtype)
     total = sum(chunk.numel() for chunk in chunks)
-    if total <= block_size:
+    if total <= block_size or dtype == torch.float64:
         return _block_counts(_gather(chunks, total, dtype), queries, 0)
+    blocks = _plan_blocks(chunks, block_size)
+    floors = torch.tensor([block.floor for block in blocks], dtype=dtype, device=device)
+    owner = torch.searchsorted(floors, queries, right=True) - 1
     greater = torch.zeros(queries.shape, dtype=torch.int64, device=device)
     equal = torch.zeros_like(greater)
-    query_keys = descending_keys(queries)
-    above = 0
-    for block in _plan_blocks(chunks, block_size):
-        inside = ((query_keys >= block.low) & (query_keys <= block.high)).nonzero().squeeze(1)
+    below = 0  # items in the blocks already passed, i.e. scoring lower
+    for index, block in enumerate(blocks):
+        inside = (owner == index).nonzero().squeeze(1)
         if inside.numel():
-            if block.tie_key is not None:
-                tie_value = _tie_value(chunks, block.tie_key, dtype)
-                higher = queries[inside] < tie_value
-                greater[inside] = above + block.count * higher
-                equal[inside] = block.count * (queries[inside] == tie_value)
+            above = total - below - block.count
+            if block.tie_value is not None:
+                greater[inside] = above + block.count * (queries[inside] < block.tie_value)
+                equal[inside] = block.count * (queries[inside] == block.tie_value)
             else:
-                values = _gather(chunks, block.count, dtype, block.low, block.high)
+                ceiling = blocks[index + 1].floor if index + 1 < len(blocks) else math.inf
+                values = _gather(chunks, block.count, dtype, block.floor, ceiling)
                 greater[inside], equal[inside] = _block_counts(values, queries[inside], above)
-        above += block.count
+        below += block.count
     return greater, equal
 
 
@@ -108,15 +102,19 @@ def _block_counts(values: Tensor, queries: Tensor, above: int) -> Tuple[Tensor, 
     return above + ordered.numel() - right, right - left
 
 
-def _gather(chunks: Sequence[Tensor], count: int, dtype: torch.dtype, low: int | None = None,
-            high: int | None = None) -> Tensor:
-    """A fresh 1-D copy of the scores whose keys lie in ``[low, high]`` (all when None)."""
+def _gather(chunks: Sequence[Tensor], count: int, dtype: torch.dtype, floor: float = -math.inf,
+            ceiling: float = math.inf) -> Tensor:
+    """A fresh 1-D copy of the scores in ``[floor, ceiling)``."""
     out = torch.empty(count, dtype=dtype, device=chunks[0].device)
     filled = 0
     for piece in flat_pieces(chunks):
-        if low is not None:
-            keys = descending_keys(piece)
-            piece = piece[(keys >= low) & (keys <= high)]
+        piece = piece.to(dtype)
+        if floor > -math.inf and ceiling < math.inf:
+            piece = piece[(piece >= floor) & (piece < ceiling)]
+        elif floor > -math.inf:
+            piece = piece[piece >= floor]
+        elif ceiling < math.inf:
+            piece = piece[piece < ceiling]
         out[filled:filled + piece.numel()] = piece
         filled += piece.numel()
     if filled != count:
@@ -126,79 +124,75 @@ def _gather(chunks: Sequence[Tensor], count: int, dtype: torch.dtype, low: int |
 
 @dataclass
 class _Block:
-    """Items with keys in ``[low, high]``; ``width``: keys per histogram bin; ``tie_key``: the one key
-    of a block too big to sort, whose items all share one score."""
+    """Items with keys in ``[low, high]`` (scores from ``floor`` up to the next block's floor);
+    ``tie_value`` is set for a block too big to sort, whose items all share that one score."""
 
     low: int
     high: int
     count: int
-    width: int = 1
-    tie_key: Optional[int] = None
+    tie_value: Optional[float] = None
+
+    @property
+    def floor(self) -> float:
+        return -math.inf if self.low == -(1 << 31) else _key_value(self.low)
 
 
 def _plan_blocks(chunks: Sequence[Tensor], block_size: int) -> List[_Block]:
-    """Consecutive key ranges (highest scores first) of at most ``block_size`` items, covering all keys."""
-    bits = 32 if all(key_dtype(c.dtype) == torch.float32 for c in chunks) else 64
-    lowest, highest = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    units = _split_units(chunks, [_Block(lowest, highest, 0, 1 << bits)])[0]
-    while any(_too_big(u, block_size) for u in units):
-        split = iter(_split_units(chunks, [u for u in units if _too_big(u, block_size)]))
-        units = [part for u in units for part in (next(split) if _too_big(u, block_size) else [u])]
+    """Consecutive key ranges, lowest scores first, of at most ``block_size`` items, covering all keys.
+
+    Every range starts at a key of a scored item or of a histogram bin holding one, so its floor
+    is a finite score and ``floor <= score < next floor`` selects exactly the range's items.
+    """
+    coarse = _histogram(chunks, None)
+    units: List[_Block] = []
+    oversized = (coarse > block_size).nonzero().squeeze(1).tolist()
+    fine = dict(zip(oversized, _histogram(chunks, oversized))) if oversized else {}
+    for top in coarse.nonzero().squeeze(1).tolist():
+        base = (top - _BINS // 2) << 16
+        if top in fine:
+            units += [_Block(base + low, base + low, int(fine[top][low])) for low in fine[top].nonzero().squeeze(1).tolist()]
+        else:
+            units.append(_Block(base, base + _BINS - 1, int(coarse[top])))
     blocks: List[_Block] = []
     for unit in units:
-        tie_key = unit.low if unit.count > block_size else None
         last = blocks[-1] if blocks else None
-        if last is not None and last.tie_key is None and tie_key is None and last.count + unit.count <= block_size:
+        if unit.count > block_size:
+            blocks.append(_Block(unit.low, unit.high, unit.count, _key_value(unit.low)))
+        elif last is not None and last.tie_value is None and last.count + unit.count <= block_size:
             last.high, last.count = unit.high, last.count + unit.count
         else:
-            blocks.append(_Block(unit.low, unit.high, unit.count, tie_key=tie_key))
+            blocks.append(unit)
     # Stretch the ranges over the empty keys around them so that every query key has a block.
-    blocks[0].low, blocks[-1].high = lowest, highest
+    blocks[0].low, blocks[-1].high = -(1 << 31), (1 << 31) - 1
     for block, following in zip(blocks, blocks[1:]):
         block.high = following.low - 1
     return blocks
 
 
-def _too_big(unit: _Block, block_size: int) -> bool:
-    return unit.count > block_size and unit.width > 1
-
-
-def _split_units(chunks: Sequence[Tensor], units: List[_Block]) -> List[List[_Block]]:
-    """Split aligned key ranges into their non-empty sub-ranges of 2**16 histogram bins, with counts.
-
-    One pass over the items serves up to a few hundred ranges at once.
-    """
-    group = max(1, _MAX_BINS >> _BIN_BITS)
-    if len(units) > group:
-        return _split_units(chunks, units[:group]) + _split_units(chunks, units[group:])
+def _histogram(chunks: Sequence[Tensor], refine: Optional[List[int]]) -> Tensor | List[Tensor]:
+    """Counts per top-16-bit key bin (``refine`` None), or per low-16-bit key within each bin of ``refine``."""
     device = chunks[0].device
-    widths = [max(u.width >> _BIN_BITS, 1) for u in units]
-    shifts = [w.bit_length() - 1 for w in widths]
-    origins = [u.low >> shift for u, shift in zip(units, shifts)]
-    bins = [(u.high >> shift) - origin + 1 for u, shift, origin in zip(units, shifts, origins)]
-    starts = [sum(bins[:i]) for i in range(len(bins))]
-    lows, highs = (torch.tensor(v, device=device) for v in ([u.low for u in units], [u.high for u in units]))
-    shift_of, base_of = torch.tensor(shifts, device=device), torch.tensor(
-        [start - origin for start, origin in zip(starts, origins)], device=device)
-    counts = torch.zeros(sum(bins), dtype=torch.int64, device=device)
+    slot_of = None
+    if refine is not None:
+        slot_of = torch.full((_BINS,), -1, dtype=torch.int64, device=device)
+        slot_of[torch.tensor(refine, device=device)] = torch.arange(len(refine), device=device)
+    size = _BINS * (1 if refine is None else len(refine))
+    counts = torch.zeros(size, dtype=torch.int64, device=device)
     for piece in flat_pieces(chunks):
-        keys = descending_keys(piece)
-        slot = (torch.searchsorted(lows, keys, right=True) - 1).clamp_(min=0)
-        keep = (keys >= lows[slot]) & (keys <= highs[slot])
-        keys, slot = keys[keep], slot[keep]
-        counts += torch.bincount((keys >> shift_of[slot]) + base_of[slot], minlength=counts.numel())
+        keys = order_keys(piece)
+        top = (keys >> 16) + _BINS // 2
+        if slot_of is None:
+            counts += torch.bincount(top, minlength=size)
+        else:
+            slot = slot_of[top]
+            chosen = slot >= 0
+            counts += torch.bincount(slot[chosen] * _BINS + (keys[chosen] & 0xFFFF), minlength=size)
     counts = counts.cpu()
-    parts = []
-    for unit, width, shift, origin, start, size in zip(units, widths, shifts, origins, starts, bins):
-        local = counts[start:start + size]
-        parts.append([_Block(max((origin + b) << shift, unit.low), min(((origin + b + 1) << shift) - 1, unit.high),
-                             int(local[b]), width) for b in local.nonzero().squeeze(1).tolist()])
-    return parts
+    return counts if refine is None else list(counts.view(len(refine), _BINS))
 
 
-def _tie_value(chunks: Sequence[Tensor], key: int, dtype: torch.dtype) -> Tensor:
-    for piece in flat_pieces(chunks):
-        match = (descending_keys(piece) == key).nonzero()
-        if match.numel():
-            return piece[match[0, 0]].to(dtype)
-    raise RuntimeError("a counted score vanished")
+def _key_value(key: int) -> float:
+    """The float32 score of an :func:`order_keys` key (keys beyond the infinities give them)."""
+    bits = torch.tensor([key], dtype=torch.int32)
+    value = float((bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(torch.float32))
+    return value if not math.isnan(value) else math.copysign(math.inf, key)

@@ -130,9 +130,8 @@ def compat_aupro(data: LabelledMaps, fpr_limit: float = DEFAULT_FPR_LIMIT,
     size = thresholds.size + 1
     all_counts = anomalous_counts = anomalous_weights = 0
     for values, positions, weights in data.pieces():
-        below = binning(values.to(compute_dtype))
-        all_counts = all_counts + torch.bincount(below, minlength=size)
-        anomalous = below[positions]
+        all_counts = all_counts + torch.bincount(binning(values.to(compute_dtype)), minlength=size)
+        anomalous = binning.exact(values[positions])
         anomalous_counts = anomalous_counts + torch.bincount(anomalous, minlength=size)
         anomalous_weights = anomalous_weights + torch.bincount(anomalous, weights=weights, minlength=size)
     # A pixel with b thresholds below it is positive at thresholds 0 .. b-1: point k counts bins > k.
@@ -144,34 +143,35 @@ def compat_aupro(data: LabelledMaps, fpr_limit: float = DEFAULT_FPR_LIMIT,
 
 
 class _ThresholdBinning:
-    """For each score, how many thresholds lie strictly below it, exactly, in about one pass.
+    """For each score, how many thresholds lie strictly below it, exactly, in a few passes.
 
-    The bin follows from ``(score - min) / step`` in the maps' float type; only scores within
-    rounding distance of a bin edge (bounded from the thresholds' actual deviation from the ideal
-    grid and the float type's precision) are compared exactly with the float64 thresholds.
+    The count is ``floor((score - min) / step) + 1``, computed in the maps' float type; only
+    scores within rounding distance ``slack`` of a bin edge (a bound from the thresholds' actual
+    deviation from the ideal grid and the float type's precision) are compared exactly with the
+    float64 thresholds. Shifting the position by ``slack`` makes "near an edge" a single test:
+    fractional part below ``2 * slack``.
     """
 
     def __init__(self, thresholds: Tensor, low: float, high: float, num_thresholds: int, dtype: torch.dtype):
         self.thresholds = thresholds.to(torch.float64)
-        self.low = low
-        self.step = (high - low) / num_thresholds
-        grid = low + self.step * torch.arange(thresholds.numel(), dtype=torch.float64)
-        deviation = float((self.thresholds.cpu() - grid).abs().max()) / self.step
-        scale = max(abs(low), abs(high)) / self.step + thresholds.numel()
+        step = (high - low) / num_thresholds
+        grid = low + step * torch.arange(thresholds.numel(), dtype=torch.float64)
+        deviation = float((self.thresholds.cpu() - grid).abs().max()) / step
+        scale = max(abs(low), abs(high)) / step + thresholds.numel()
         self.slack = deviation + 4 * torch.finfo(dtype).eps * scale + 1e-9
+        self.scale = 1.0 / step
+        self.offset = 1.0 - low / step + self.slack
 
     def exact(self, values: Tensor) -> Tensor:
-        return torch.searchsorted(self.thresholds, values.to(torch.float64))
+        return torch.searchsorted(self.thresholds, values.to(torch.float64)).to(torch.int32)
 
     def __call__(self, values: Tensor) -> Tensor:
         if self.slack >= 0.25:
             return self.exact(values)
-        position = (values - self.low).mul_(1.0 / self.step)
-        whole = position.floor()
-        distance = position.sub_(whole).sub_(0.5).abs_()  # 0.5 at a bin edge
-        near_edge = (distance > 0.5 - self.slack).nonzero().squeeze(1)
-        below = whole.add_(1).clamp_(0, self.thresholds.numel()).to(torch.int32)
-        below[near_edge] = self.exact(values[near_edge]).to(torch.int32)
+        shifted = values.mul(self.scale).add_(self.offset)
+        near_edge = (torch.frac(shifted) < 2 * self.slack).nonzero().squeeze(1)
+        below = shifted.to(torch.int32)
+        below[near_edge] = self.exact(values[near_edge])
         return below
 
 
