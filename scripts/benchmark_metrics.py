@@ -140,14 +140,14 @@ def main() -> int:
     direct_exact, direct_time = timed(lambda: direct_exact_aupro(masks, maps))
 
     rows = [
-        ["pixel AUROC", f"{sk_auroc:.12f}", f"{sk_time:.2f}", f"{ours.auroc:.12f}", f"{exact_time:.2f} (shared)",
+        ["pixel AUROC", f"{sk_auroc:.12f}", f"{sk_time:.3f}", f"{ours.auroc:.12f}", f"{exact_time:.3f} (shared)",
          f"{abs(sk_auroc - ours.auroc):.1e}"],
-        ["pixel AUPRO compat", f"{loop_aupro:.12f}", f"{loop_time:.2f}", f"{our_compat:.12f}",
-         f"{compat_time:.2f}", f"{abs(loop_aupro - our_compat):.1e}"],
-        ["pixel AUPRO exact", f"{direct_exact:.12f}", f"{direct_time:.2f} (argsort)", f"{ours.aupro:.12f}",
-         f"{exact_time:.2f} (shared)", f"{abs(direct_exact - ours.aupro):.1e}"],
+        ["pixel AUPRO compat", f"{loop_aupro:.12f}", f"{loop_time:.3f}", f"{our_compat:.12f}",
+         f"{compat_time:.3f}", f"{abs(loop_aupro - our_compat):.1e}"],
+        ["pixel AUPRO exact", f"{direct_exact:.12f}", f"{direct_time:.3f} (argsort)", f"{ours.aupro:.12f}",
+         f"{exact_time:.3f} (shared)", f"{abs(direct_exact - ours.aupro):.1e}"],
         ["pixel AP / F1-max", "", "", f"{ours.average_precision:.6f} / {ours.f1_max:.6f}",
-         f"{exact_time:.2f} (shared)", ""],
+         f"{exact_time:.3f} (shared)", ""],
     ]
     sys.stdout.write(tabulate(rows, headers=["metric", "official-style", "s", "ours", "s", "|diff|"],
                               tablefmt="pipe", disable_numparse=True) + "\n\n")
@@ -157,9 +157,9 @@ def main() -> int:
     compat_ratio = loop_time / compat_time
     exact_ratio = (sk_time + loop_time) / exact_time
     sys.stdout.write(f"compat ratio: {compat_ratio:.1f}  (200-threshold loop {loop_time:.2f} s / ours "
-                     f"{compat_time:.2f} s; target >= 50)\n")
+                     f"{compat_time:.3f} s; target >= 50)\n")
     sys.stdout.write(f"exact ratio: {exact_ratio:.1f}  (sklearn AUROC + loop {sk_time + loop_time:.2f} s / "
-                     f"ours AUROC+AP+F1+exact AUPRO {exact_time:.2f} s; target >= 10)\n")
+                     f"ours AUROC+AP+F1+exact AUPRO {exact_time:.3f} s; target >= 10)\n")
     sys.stdout.write(f"values equal: {'yes' if equal else 'NO'} (AUROC and exact AUPRO to {EXACT_TOLERANCE:g}, "
                      f"compat AUPRO to {COMPAT_TOLERANCE:g})\n")
     return 0 if equal else 1

@@ -55,8 +55,8 @@ def plain_compat_aupro(maps: np.ndarray, masks: np.ndarray, steps: int = 200, li
     fprs, pros = [], []
     for threshold in np.arange(low, high, (high - low) / steps):
         predicted = maps > threshold
-        overlaps = [predicted[i][tuple(region.coords.T)].sum() / region.area
-                    for i, mask in enumerate(masks) for region in measure.regionprops(measure.label(mask, connectivity=2))]
+        overlaps = [predicted[i][tuple(region.coords.T)].sum() / region.area for i, mask in enumerate(masks)
+                    for region in measure.regionprops(measure.label(mask, connectivity=2))]
         fprs.append(np.logical_and(~masks, predicted).sum() / (~masks).sum())
         pros.append(np.mean(overlaps))
     fprs, pros = np.array(fprs), np.array(pros)
@@ -201,6 +201,28 @@ def test_exact_aupro_matches_brute_force(levels):
         for block_size in (10**9, 150):
             value = aupro(torch.from_numpy(maps), torch.from_numpy(masks), definition="exact", block_size=block_size)
             assert value == pytest.approx(expected, abs=1e-9)
+
+
+def test_pixel_metrics_hand_computed():
+    # Two one-pixel regions (not adjacent) and three normal pixels in one 1 x 5 image.
+    maps = torch.tensor([[[0.9, 0.5, 0.3, 0.7, 0.1]]])
+    masks = torch.tensor([[[1, 0, 1, 0, 0]]], dtype=torch.bool)
+    result = pixel_metrics(maps, masks, aupro="exact")
+    # 0.9 beats all three normal pixels, 0.3 beats one: 4 of 6 pairs.
+    assert result.auroc == pytest.approx(4 / 6)
+    # Recall 1/2 at precision 1, then 1 at precision 2/4.
+    assert result.average_precision == pytest.approx(0.5 * 1 + 0.5 * 0.5)
+    # Best F1 2/3, reached at 0.9 (tp 1, fp 0) and again at 0.3 (tp 2, fp 2).
+    assert result.f1_max == pytest.approx(2 / 3)
+    # Curve (0, 0) -> (0, 1/2) -> (1/3, 1/2) ...: area to FPR 0.3 is 0.3 * 1/2, normalised 1/2.
+    assert result.aupro == pytest.approx(0.5)
+
+
+def test_exact_aupro_of_float16_maps_in_small_blocks():
+    maps, masks = random_class(np.random.default_rng(8))
+    half = torch.from_numpy(maps).half()  # many ties after rounding
+    expected = brute_force_exact_aupro(half.float().numpy(), masks)
+    assert aupro(half, torch.from_numpy(masks), "exact", block_size=100) == pytest.approx(expected, abs=1e-9)
 
 
 def test_exact_aupro_other_limits_and_float64():

@@ -16,7 +16,8 @@ from .report import ClassMetrics, MetricsReport
 
 __all__ = [
     "AUPRO_DEFINITIONS", "AnomalyEvaluator", "AuproDefinition", "ClassMetrics", "DEFAULT_BLOCK_SIZE",
-    "LabelledMaps", "METRIC_SETS", "MetricsReport", "PixelMetrics", "PositiveGroups", "RankingMetrics", "Regions", "aupro",
+    "LabelledMaps", "METRIC_SETS", "MetricsReport", "PixelMetrics", "PositiveGroups", "RankingMetrics", "Regions",
+    "aupro",
     "binary_auroc", "binary_average_precision", "binary_f1_max", "binary_ranking_metrics",
     "get_aupro_definition", "is_applicable", "label_regions", "pixel_metrics", "register_aupro",
 ]

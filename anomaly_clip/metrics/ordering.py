@@ -143,14 +143,15 @@ def _plan_blocks(chunks: Sequence[Tensor], block_size: int) -> List[_Block]:
     Every range starts at a key of a scored item or of a histogram bin holding one, so its floor
     is a finite score and ``floor <= score < next floor`` selects exactly the range's items.
     """
-    coarse = _histogram(chunks, None)
-    units: List[_Block] = []
+    coarse = _coarse_histogram(chunks)
     oversized = (coarse > block_size).nonzero().squeeze(1).tolist()
-    fine = dict(zip(oversized, _histogram(chunks, oversized))) if oversized else {}
+    fine = dict(zip(oversized, _fine_histograms(chunks, oversized))) if oversized else {}
+    units: List[_Block] = []
     for top in coarse.nonzero().squeeze(1).tolist():
         base = (top - _BINS // 2) << 16
         if top in fine:
-            units += [_Block(base + low, base + low, int(fine[top][low])) for low in fine[top].nonzero().squeeze(1).tolist()]
+            units += [_Block(base + low, base + low, int(fine[top][low]))
+                      for low in fine[top].nonzero().squeeze(1).tolist()]
         else:
             units.append(_Block(base, base + _BINS - 1, int(coarse[top])))
     blocks: List[_Block] = []
@@ -169,26 +170,26 @@ def _plan_blocks(chunks: Sequence[Tensor], block_size: int) -> List[_Block]:
     return blocks
 
 
-def _histogram(chunks: Sequence[Tensor], refine: Optional[List[int]]) -> Tensor | List[Tensor]:
-    """Counts per top-16-bit key bin (``refine`` None), or per low-16-bit key within each bin of ``refine``."""
+def _coarse_histogram(chunks: Sequence[Tensor]) -> Tensor:
+    """Item counts per top-16-bit bin of the :func:`order_keys` (65536 bins, ascending)."""
+    counts = torch.zeros(_BINS, dtype=torch.int64, device=chunks[0].device)
+    for piece in flat_pieces(chunks):
+        counts += torch.bincount((order_keys(piece) >> 16) + _BINS // 2, minlength=_BINS)
+    return counts.cpu()
+
+
+def _fine_histograms(chunks: Sequence[Tensor], bins: List[int]) -> List[Tensor]:
+    """For each of the given top-16-bit bins, item counts per low-16-bit key value (one pass for all)."""
     device = chunks[0].device
-    slot_of = None
-    if refine is not None:
-        slot_of = torch.full((_BINS,), -1, dtype=torch.int64, device=device)
-        slot_of[torch.tensor(refine, device=device)] = torch.arange(len(refine), device=device)
-    size = _BINS * (1 if refine is None else len(refine))
-    counts = torch.zeros(size, dtype=torch.int64, device=device)
+    slot_of = torch.full((_BINS,), -1, dtype=torch.int64, device=device)
+    slot_of[torch.tensor(bins, device=device)] = torch.arange(len(bins), device=device)
+    counts = torch.zeros(len(bins) * _BINS, dtype=torch.int64, device=device)
     for piece in flat_pieces(chunks):
         keys = order_keys(piece)
-        top = (keys >> 16) + _BINS // 2
-        if slot_of is None:
-            counts += torch.bincount(top, minlength=size)
-        else:
-            slot = slot_of[top]
-            chosen = slot >= 0
-            counts += torch.bincount(slot[chosen] * _BINS + (keys[chosen] & 0xFFFF), minlength=size)
-    counts = counts.cpu()
-    return counts if refine is None else list(counts.view(len(refine), _BINS))
+        slot = slot_of[(keys >> 16) + _BINS // 2]
+        chosen = slot >= 0
+        counts += torch.bincount(slot[chosen] * _BINS + (keys[chosen] & 0xFFFF), minlength=counts.numel())
+    return list(counts.cpu().view(len(bins), _BINS))
 
 
 def _key_value(key: int) -> float:

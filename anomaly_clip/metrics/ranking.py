@@ -86,9 +86,10 @@ def positive_groups(chunks: Sequence[Tensor], positive_index: Tensor, positive_w
     if positive_weights is not None:
         summed = positive_weights.to(scores.device, torch.float64)[order].cumsum(0)[ends]
         weights = torch.diff(summed, prepend=summed.new_zeros(1))
-    return PositiveGroups(positives=positives, negatives=equal - positives, negatives_above=greater - (through - positives),
-                          weights=weights, num_positives=int(positive_index.numel()),
-                          num_negatives=total - int(positive_index.numel()))
+    num_positives = int(positive_index.numel())
+    return PositiveGroups(positives=positives, negatives=equal - positives,
+                          negatives_above=greater - (through - positives), weights=weights,
+                          num_positives=num_positives, num_negatives=total - num_positives)
 
 
 def ranking_metrics(groups: PositiveGroups) -> RankingMetrics:

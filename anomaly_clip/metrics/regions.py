@@ -10,14 +10,14 @@ result is moved to the maps' device.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._inputs import TensorOrChunks, as_maps, as_masks, finite_range
+from ._inputs import TensorOrChunks, as_binary, as_chunks, as_maps, as_masks, finite_range
 from .ordering import DEFAULT_BLOCK_SIZE, flat_pieces
 from .ranking import PositiveGroups, positive_groups
 
@@ -97,13 +97,16 @@ class LabelledMaps:
         return self._groups
 
 
-def label_regions(masks: Sequence[Tensor], device: Optional[torch.device] = None) -> Regions:
-    """Label the 8-connected components of each mask in a list of bool ``[N, H, W]`` chunks."""
+def label_regions(masks: TensorOrChunks, device: Optional[torch.device] = None) -> Regions:
+    """Label the 8-connected components of each mask of binary ``[N, H, W]`` masks (or a list of such chunks)."""
+    chunks = [as_binary(chunk, "masks") for chunk in as_chunks(masks, "masks")]
+    if any(chunk.dim() != 3 for chunk in chunks):
+        raise ValueError(f"masks must be [N, H, W], got {[tuple(c.shape) for c in chunks]}")
     positions: List[np.ndarray] = []
     region_ids: List[np.ndarray] = []
     areas: List[np.ndarray] = []
     offset = num_regions = 0
-    for chunk in masks:
+    for chunk in chunks:
         stack = np.ascontiguousarray(chunk.detach().to("cpu", torch.bool).numpy())
         flat = stack.reshape(len(stack), -1)
         for image in np.flatnonzero(flat.any(axis=1)):

@@ -19,7 +19,8 @@ IMAGE_METRICS: Tuple[Tuple[str, str], ...] = (
 PIXEL_METRICS: Tuple[Tuple[str, str], ...] = (
     ("pixel_auroc", "pixel AUROC"), ("pixel_ap", "pixel AP"), ("pixel_f1_max", "pixel F1-max"),
     ("pixel_aupro", "pixel AUPRO"))
-LEVELS = {"image-level": IMAGE_METRICS, "pixel-level": PIXEL_METRICS, "image-pixel-level": IMAGE_METRICS + PIXEL_METRICS}
+LEVELS = {"image-level": IMAGE_METRICS, "pixel-level": PIXEL_METRICS,
+          "image-pixel-level": IMAGE_METRICS + PIXEL_METRICS}
 
 
 @dataclass(frozen=True)
