@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .detector import AnomalyDetector
 from .metrics import AnomalyEvaluator, MetricsReport
-from .training import autocast
+from .precision import autocast
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
-from .training import PRECISIONS
+from .precision import PRECISIONS
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,9 +48,10 @@ def gaussian_filter(maps: torch.Tensor, sigma: float, truncate: float = 4.0) -> 
     work_dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
     kernel = _gaussian_kernel(float(sigma), radius).to(device=maps.device, dtype=work_dtype)
     shape = maps.shape
-    work = maps.reshape(-1, shape[-2], shape[-1]).to(work_dtype)
-    work = _filter_axis(work, kernel, radius, dim=1)
-    work = _filter_axis(work, kernel, radius, dim=2)
+    with torch.autocast(maps.device.type, enabled=False):
+        work = maps.reshape(-1, shape[-2], shape[-1]).to(work_dtype)
+        work = _filter_axis(work, kernel, radius, dim=1)
+        work = _filter_axis(work, kernel, radius, dim=2)
     return work.reshape(shape).to(maps.dtype)
 
 
@@ -64,8 +65,9 @@ def gaussian_blur(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.T
     kernel = torch.exp(-0.5 * (offsets / sigma).pow(2))
     kernel = kernel / kernel.sum()
     shape = maps.shape
-    work = maps.reshape(-1, 1, shape[-2], shape[-1]).float()
-    work = F.pad(work, (radius, radius, radius, radius), mode="reflect")
-    work = F.conv2d(work, kernel.view(1, 1, 1, -1))
-    work = F.conv2d(work, kernel.view(1, 1, -1, 1))
+    with torch.autocast(maps.device.type, enabled=False):
+        work = maps.reshape(-1, 1, shape[-2], shape[-1]).float()
+        work = F.pad(work, (radius, radius, radius, radius), mode="reflect")
+        work = F.conv2d(work, kernel.view(1, 1, 1, -1))
+        work = F.conv2d(work, kernel.view(1, 1, -1, 1))
     return work.reshape(shape).to(maps.dtype)

@@ -5,7 +5,6 @@ minimise) and its optimiser; :func:`fit_stage` does the rest identically for all
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -19,10 +18,10 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, checkpoint_payload
 from .detector import AnomalyDetector
+from .precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 StepFunction = Callable[[Dict[str, Any]], Dict[str, torch.Tensor]]
 
 
@@ -32,28 +31,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> Optional[torch.dtype]:
-    """Mixed-precision dtype for ``precision`` on ``device``; None means full float32.
-
-    ``auto`` uses bfloat16 on CUDA devices that support it (float16 otherwise) and float32 on CPU.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, precision: str = "auto"):
-    """Context manager running the enclosed forward in the chosen precision."""
-    dtype = autocast_dtype(device, precision)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def move_batch(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:

@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from anomaly_clip.backbone import BackboneConfig, load_backbone
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from anomaly_clip.training import autocast
+from anomaly_clip.precision import autocast
 
 
 def synchronize(device: torch.device) -> None:

@@ -42,3 +42,17 @@ def test_gaussian_blur_matches_mirror_padded_convolution():
     torch.testing.assert_close(gaussian_blur(maps, 7, 1.0), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError):
         gaussian_blur(maps, 4, 1.0)
+
+
+def test_filters_and_similarities_stay_float32_under_autocast():
+    from anomaly_clip.precision import float32_einsum
+
+    maps = torch.rand(2, 20, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        filtered = gaussian_filter(maps, 2.0)
+        blurred = gaussian_blur(maps, 5, 1.0)
+        products = float32_einsum("bi,bi->b", maps.flatten(1), maps.flatten(1))
+    torch.testing.assert_close(filtered, gaussian_filter(maps, 2.0))
+    torch.testing.assert_close(blurred, gaussian_blur(maps, 5, 1.0))
+    assert products.dtype == torch.float32
+    torch.testing.assert_close(products, (maps.flatten(1) ** 2).sum(dim=1))

@@ -30,6 +30,7 @@ from ..data.registry import UnknownDatasetError, get_dataset_info
 from ..detector import AnomalyDetector, MethodConfig, Prediction, register_method
 from ..dpam import DPAMConfig, block_attention, encode_image, mlp_residual, run_block
 from ..losses import classification_loss, segmentation_loss
+from ..precision import float32_einsum
 from ..smoothing import gaussian_blur
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,7 @@ def dataset_domain(dataset: Optional[str]) -> Optional[str]:
 def anchor_products(features: torch.Tensor, anchors: torch.Tensor, equation: str) -> torch.Tensor:
     """``einsum`` of features with anchors in float32 even under autocast: similarities are scaled
     by 100 before softmax and map arithmetic, where half precision would lose the signal."""
-    with torch.autocast(features.device.type, enabled=False):
-        return torch.einsum(equation, features.float(), anchors.float())
+    return float32_einsum(equation, features, anchors)
 
 
 def similarity_logits(patch_features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:

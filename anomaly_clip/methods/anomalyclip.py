@@ -15,6 +15,7 @@ from ..detector import AnomalyDetector, MethodConfig, Prediction, register_metho
 from ..dpam import DPAMConfig, encode_image, patch_grid
 from ..losses import classification_loss, multi_level_segmentation_loss
 from ..prompts import AGNOSTIC_CLASS, REFERENCE_UNUSED_PROJECTION_DIM, PromptLearner
+from ..precision import float32_einsum
 from ..smoothing import gaussian_filter
 
 logger = logging.getLogger(__name__)
@@ -93,13 +94,13 @@ class AnomalyCLIP(AnomalyDetector):
 
     def image_logits(self, global_features: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
         """(B, 2) normal/abnormal logits: cosine similarity / temperature."""
-        return torch.einsum("be,bce->bc", global_features.float(), text_rows) / self.config.temperature
+        return float32_einsum("be,bce->bc", global_features, text_rows) / self.config.temperature
 
     def layer_probabilities(self, patches: torch.Tensor, text_rows: torch.Tensor, size: int) -> torch.Tensor:
         """(B, L, 2, S, S) per-layer normal/abnormal patch probabilities upsampled to the image."""
         batch, levels = patches.shape[:2]
         grid = patch_grid(patches[:, 0])
-        logits = torch.einsum("blne,bce->blnc", patches.float(), text_rows) / self.config.temperature
+        logits = float32_einsum("blne,bce->blnc", patches, text_rows) / self.config.temperature
         probabilities = logits.softmax(dim=-1)[:, :, 1:]
         probabilities = probabilities.permute(0, 1, 3, 2).reshape(batch * levels, 2, *grid)
         upsampled = F.interpolate(probabilities, size=(size, size), mode="bilinear", align_corners=False)
