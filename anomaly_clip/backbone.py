@@ -78,14 +78,6 @@ class BackboneConfig:
     def with_updates(self, **changes) -> "BackboneConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    @property
-    def weights_source(self) -> str:
-        if self.weights_path:
-            return f"file {self.weights_path}"
-        if self.random_init:
-            return "random initialisation"
-        return f"open_clip pretrained tag {self.pretrained!r}"
-
 
 def _unwrap_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]:
     """Accept OpenAI JIT archives, OpenAI state dicts and open_clip checkpoints alike."""

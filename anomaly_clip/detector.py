@@ -9,7 +9,7 @@ import argparse
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Dict, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -40,6 +40,13 @@ def get_method(name: str) -> Type["AnomalyDetector"]:
         if registered.replace("_", "") == key:
             return cls
     raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+
+
+def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
+    """Identity of the parameters' current values: it changes with every in-place update
+    (optimiser step, ``load_state_dict``) and every move, so outputs computed from frozen-at-
+    inference parameters can be cached under it."""
+    return tuple((p.device, p.data_ptr(), p._version) for p in parameters)
 
 
 @dataclass

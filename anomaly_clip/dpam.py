@@ -150,10 +150,6 @@ def encode_image(backbone: CLIPBackbone, images: torch.Tensor, layers: Sequence[
     return VisualFeatures(global_embedding=global_embedding, layer_tokens=layer_tokens)
 
 
-def dpam_from_dict(values: Optional[dict]) -> Optional[DPAMConfig]:
-    return DPAMConfig(**values) if values else None
-
-
 def patch_grid(tokens: torch.Tensor) -> Tuple[int, int]:
     """Grid side of (B, 1+N, C) tokens with a class token first."""
     side = int(round((tokens.shape[1] - 1) ** 0.5))

@@ -197,13 +197,15 @@ def test_official_checkpoint_with_wrong_sizes_is_explained(tiny_backbone, tmp_pa
         load(path, backbone=tiny_backbone)
 
 
-def test_text_features_are_computed_once_at_inference(detector):
+def test_text_features_are_computed_once_per_parameter_state(detector):
     detector.eval()
     with torch.no_grad():
         first = detector.text_features()
         assert detector.text_features() is first
-    detector.train()
-    assert detector._frozen_text is None
+        detector.prompt_learner.ctx_neg.add_(0.01)
+        updated = detector.text_features()
+    assert updated is not first and not torch.equal(updated, first)
+    torch.testing.assert_close(updated, detector.prompt_learner(detector.backbone))
 
 
 def test_tiny_config_fixture_matches_reference_settings():

@@ -27,7 +27,7 @@ from ..backbone import BackboneConfig, CLIPBackbone
 from ..class_prompts import (GENERIC_CLASS, PromptEnsemble, class_text_anchors, describe_class,
                              read_descriptions)
 from ..data.registry import UnknownDatasetError, get_dataset_info
-from ..detector import AnomalyDetector, MethodConfig, Prediction, register_method
+from ..detector import AnomalyDetector, MethodConfig, Prediction, parameter_state, register_method
 from ..dpam import DPAMConfig, block_attention, encode_image, mlp_residual, run_block
 from ..losses import classification_loss, segmentation_loss
 from ..precision import float32_einsum
@@ -282,8 +282,7 @@ class AdaptedImageDetector(AnomalyDetector):
         """Parameters the anchors depend on."""
 
     def _anchor_state(self) -> tuple:
-        parameters = tuple((p.data_ptr(), p._version) for p in self.anchor_parameters())
-        return (self.device, parameters)
+        return (self.device,) + parameter_state(self.anchor_parameters())
 
     def anchors_for(self, class_names: Optional[Sequence[str]], batch_size: int) -> torch.Tensor:
         """Fixed anchors (B, E, 2) for a batch's class names, cached while the text side is

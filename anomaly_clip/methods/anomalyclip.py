@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import BackboneConfig, CLIPBackbone
-from ..detector import AnomalyDetector, MethodConfig, Prediction, register_method
+from ..detector import AnomalyDetector, MethodConfig, Prediction, parameter_state, register_method
 from ..dpam import DPAMConfig, encode_image, patch_grid
 from ..losses import classification_loss, multi_level_segmentation_loss
 from ..prompts import AGNOSTIC_CLASS, REFERENCE_UNUSED_PROJECTION_DIM, PromptLearner
@@ -59,27 +59,21 @@ class AnomalyCLIP(AnomalyDetector):
             unused_projection_dim=config.unused_projection_dim,
         ).to(backbone.device)
         self.dpam = DPAMConfig(layers=config.dpam_layers, attention=config.dpam_attention, structure="dual")
-        self._frozen_text: Optional[torch.Tensor] = None
+        self._frozen_text: Optional[Tuple[tuple, torch.Tensor]] = None
 
     @classmethod
     def default_backbone_config(cls) -> BackboneConfig:
         return BackboneConfig(activation="quick_gelu", pos_embed_interpolation="bilinear")
 
-    def train(self, mode: bool = True) -> "AnomalyCLIP":
-        self._frozen_text = None
-        return super().train(mode)
-
-    def load_trainable_state_dict(self, state: Dict[str, Any]) -> None:
-        self._frozen_text = None
-        super().load_trainable_state_dict(state)
-
     def text_features(self) -> torch.Tensor:
-        """(n_cls, 2, E) normalised [normal, abnormal] features; reused while not training."""
-        if self.training or torch.is_grad_enabled():
+        """(n_cls, 2, E) normalised [normal, abnormal] features; without gradients they are
+        computed once per state of the prompt parameters and reused."""
+        if torch.is_grad_enabled():
             return self.prompt_learner(self.backbone)
-        if self._frozen_text is None:
-            self._frozen_text = self.prompt_learner(self.backbone)
-        return self._frozen_text
+        state = parameter_state(self.prompt_learner.parameters())
+        if self._frozen_text is None or self._frozen_text[0] != state:
+            self._frozen_text = (state, self.prompt_learner(self.backbone))
+        return self._frozen_text[1]
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -144,7 +138,6 @@ class AnomalyCLIP(AnomalyDetector):
         return None
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self._frozen_text = None
         state = checkpoint["prompt_learner"]
         self._check_official_shapes(state)
         self.prompt_learner.load_state_dict(state)
