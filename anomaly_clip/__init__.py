@@ -15,10 +15,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BackboneConfig": "backbone", "CLIPBackbone": "backbone", "WeightsNotFoundError": "backbone",
-    "load_backbone": "backbone", "load": "checkpoint", "save_checkpoint": "checkpoint",
-    "METHODS": "detector", "AnomalyDetector": "detector", "Prediction": "detector", "get_method": "detector",
-    "DPAMConfig": "dpam", "encode_image": "dpam", "evaluate": "evaluation",
+    "BackboneConfig": "clip.backbone", "CLIPBackbone": "clip.backbone", "WeightsNotFoundError": "clip.backbone",
+    "load_backbone": "clip.backbone", "DPAMConfig": "clip.dpam", "encode_image": "clip.dpam",
+    "AnomalyDetector": "engine.detector", "Prediction": "engine.detector", "save_checkpoint": "engine.checkpoint",
+    "evaluate": "engine.evaluation", "load": "methods", "get_method": "methods", "METHODS": "methods",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -27,7 +27,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'anomaly_clip' has no attribute {name!r}")
-    module = import_module(f".{_EXPORTS[name]}", __name__)
-    if name in ("load", "get_method", "METHODS"):
-        import_module(".methods", __name__)
-    return getattr(module, name)
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -19,9 +19,9 @@ import scipy.ndimage
 import torch
 from tabulate import tabulate
 
-from anomaly_clip.backbone import BackboneConfig, load_backbone
+from anomaly_clip.clip.backbone import BackboneConfig, load_backbone
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from anomaly_clip.precision import autocast
+from anomaly_clip.engine.precision import autocast
 
 
 def synchronize(device: torch.device) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anomaly_clip.backbone import BackboneConfig, load_backbone
+from anomaly_clip.clip.backbone import BackboneConfig, load_backbone
 
 TINY = "anomaly-clip-tiny"
 

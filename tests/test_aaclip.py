@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.adapters import ImageAdapter, ResidualAdapter, TextAdapter
-from anomaly_clip.backbone import load_backbone
-from anomaly_clip.checkpoint import load, save_checkpoint
-from anomaly_clip.class_prompts import (DATASET_DESCRIPTIONS, PromptEnsemble, class_text_anchors, describe_class,
+from anomaly_clip.methods.aaclip.adapters import ImageAdapter, ResidualAdapter, TextAdapter
+from anomaly_clip.clip.backbone import load_backbone
+from anomaly_clip.methods import load
+from anomaly_clip.engine.checkpoint import save_checkpoint
+from anomaly_clip.methods.aaclip.class_prompts import (DATASET_DESCRIPTIONS, PromptEnsemble, class_text_anchors, describe_class,
                                         read_descriptions)
 from anomaly_clip.data.registry import get_dataset_info, normalize_name
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_clip.checkpoint import read_checkpoint
+from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip import cli
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
 

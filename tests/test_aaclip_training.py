@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from anomaly_clip.aaclip_training import AAClipTrainSettings, train_aaclip, train_image_stage, train_text_stage
-from anomaly_clip.backbone import load_backbone
-from anomaly_clip.checkpoint import load, read_checkpoint
+from anomaly_clip.methods.aaclip.training import AAClipTrainSettings, train_aaclip, train_image_stage, train_text_stage
+from anomaly_clip.clip.backbone import load_backbone
+from anomaly_clip.methods import load
+from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip.methods.aaclip import AAClipConfig, AAClipDetector
 
 SIZE = 56

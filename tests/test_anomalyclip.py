@@ -8,9 +8,10 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.checkpoint import load, save_checkpoint
-from anomaly_clip.dpam import DPAMConfig, encode_image
-from anomaly_clip.losses import dice_loss, focal_loss
+from anomaly_clip.methods import load
+from anomaly_clip.engine.checkpoint import save_checkpoint
+from anomaly_clip.clip.dpam import DPAMConfig, encode_image
+from anomaly_clip.engine.losses import dice_loss, focal_loss
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 
 from conftest import tiny_config

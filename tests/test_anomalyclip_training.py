@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from anomaly_clip.anomalyclip_training import train_anomalyclip
-from anomaly_clip.checkpoint import load, read_checkpoint
+from anomaly_clip.methods.anomalyclip.training import train_anomalyclip
+from anomaly_clip.methods import load
+from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 
 

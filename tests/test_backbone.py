@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.backbone import (BackboneConfig, WeightsNotFoundError, build_clip_model, load_backbone,
+from anomaly_clip.clip.backbone import (BackboneConfig, WeightsNotFoundError, build_clip_model, load_backbone,
                                    resize_position_embedding)
-from anomaly_clip.dpam import DPAMConfig, block_attention, encode_image
+from anomaly_clip.clip.dpam import DPAMConfig, block_attention, encode_image
 
 from conftest import TINY, tiny_config
 

@@ -7,7 +7,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.smoothing import gaussian_blur, gaussian_filter, symmetric_indices
+from anomaly_clip.engine.smoothing import gaussian_blur, gaussian_filter, symmetric_indices
 
 
 @pytest.mark.parametrize("shape,sigma", [((3, 64, 64), 4.0), ((2, 37, 23), 4.0), ((1, 5, 7), 4.0),
@@ -45,7 +45,7 @@ def test_gaussian_blur_matches_mirror_padded_convolution():
 
 
 def test_filters_and_similarities_stay_float32_under_autocast():
-    from anomaly_clip.precision import float32_einsum
+    from anomaly_clip.engine.precision import float32_einsum
 
     maps = torch.rand(2, 20, 20)
     with torch.autocast("cpu", dtype=torch.bfloat16):

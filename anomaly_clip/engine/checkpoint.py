@@ -14,8 +14,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .backbone import BackboneConfig, CLIPBackbone, load_backbone
-from .detector import METHODS, AnomalyDetector, get_method
+from ..clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
+from .detector import AnomalyDetector
+from .registry import METHODS, find_method
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ def is_own_format(checkpoint: Dict[str, Any]) -> bool:
 
 
 def identify_checkpoint(path: str | os.PathLike) -> Tuple[str, Dict[str, Any], bool]:
-    """Return (method name, checkpoint dict, is_own_format) for a file or an official folder."""
-    from . import methods  # noqa: F401 - registers the built-in methods
-
-    for cls in METHODS.values():
-        official = cls.read_official_checkpoint(str(path))
+    """Return (method name, checkpoint dict, is_own_format) for a file or an official folder,
+    trying every registered method's reference format (import :mod:`anomaly_clip.methods`
+    first to register the built-in ones)."""
+    for method in METHODS.values():
+        official = method.detector.read_official_checkpoint(str(path))
         if official is not None:
-            return cls.method_name, official, False
+            return method.name, official, False
     checkpoint = read_checkpoint(path)
     if is_own_format(checkpoint):
         if checkpoint.get("version", 0) > FORMAT_VERSION:
@@ -94,7 +95,7 @@ def identify_checkpoint(path: str | os.PathLike) -> Tuple[str, Dict[str, Any], b
 
 
 def build_detector(method: str, backbone: CLIPBackbone, method_config: Optional[dict] = None) -> AnomalyDetector:
-    cls = get_method(method)
+    cls = find_method(method).detector
     return cls(backbone, cls.config_class.from_dict(method_config))
 
 
@@ -112,7 +113,7 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
     ``backbone`` may be passed to share one across detectors.
     """
     method, payload, own = identify_checkpoint(checkpoint)
-    cls = get_method(method)
+    cls = find_method(method).detector
     if own:
         base_backbone = BackboneConfig.from_dict(payload["backbone_config"])
         config_values = dict(payload.get("method_config") or {})

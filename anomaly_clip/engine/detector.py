@@ -1,11 +1,9 @@
 """The common face of every method: a frozen backbone plus small trainable parts.
 
-A method registers a subclass of :class:`AnomalyDetector` under a name. Training, evaluation,
-checkpoints and the command line only talk to this interface, so a new method is one module.
+Training, evaluation and checkpoints only talk to :class:`AnomalyDetector`, so a new method is
+one folder under ``anomaly_clip/methods`` registered with :func:`anomaly_clip.engine.registry.register_method`.
 """
 from __future__ import annotations
-
-import argparse
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import asdict, dataclass, fields
@@ -14,33 +12,8 @@ from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Type
 import torch
 from torch import nn
 
-from .backbone import BackboneConfig, CLIPBackbone
-
-METHODS: Dict[str, Type["AnomalyDetector"]] = {}
-
-
-def register_method(name: str):
-    """Class decorator adding a detector to :data:`METHODS` under ``name``."""
-
-    def decorator(cls: Type["AnomalyDetector"]) -> Type["AnomalyDetector"]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        cls.method_name = name
-        METHODS[name] = cls
-        return cls
-
-    return decorator
-
-
-def get_method(name: str) -> Type["AnomalyDetector"]:
-    from . import methods  # noqa: F401 - importing registers the built-in methods
-
-    key = name.lower().replace("-", "").replace("_", "")
-    for registered, cls in METHODS.items():
-        if registered.replace("_", "") == key:
-            return cls
-    raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-
+from ..clip.backbone import BackboneConfig, CLIPBackbone
+from ..data.dataset import load_image
 
 def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
     """Identity of the parameters' current values: it changes with every in-place update
@@ -118,8 +91,6 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def predict_paths(self, paths: Sequence[str], class_names: Optional[Sequence[str]] = None,
                       batch_size: int = 8) -> Prediction:
         """Score image files (any size, grayscale/RGBA/16-bit accepted) with the model's transform."""
-        from .data.dataset import load_image
-
         scores, maps = [], []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
@@ -151,29 +122,6 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
         """File name -> payload in the reference code's format (empty when there is none)."""
         return {}
-
-    @classmethod
-    def evaluation_dataset(cls, args: argparse.Namespace, detector: "AnomalyDetector"):
-        """Test-time dataset built from ``--data_path/--split/--metadata`` with the method's transforms."""
-        from .data.dataset import AnomalyDataset
-        from .data.formats import load_samples
-
-        samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
-        return AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
-                              mask_interpolation=cls.mask_interpolation)
-
-    @classmethod
-    def add_train_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the method's own training flags (reference flag names) to ``parser``."""
-
-    @classmethod
-    def add_test_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the method's own evaluation flags to ``parser``."""
-
-    @classmethod
-    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
-        """Method-config values set on the command line (``None`` flags leave ``base`` as is)."""
-        return dict(base or {})
 
     def train(self, mode: bool = True) -> "AnomalyDetector":
         super().train(mode)

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import run_block
+
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -366,8 +368,6 @@ class CLIPBackbone(nn.Module):
         ``after_block(i, x)`` may transform them (adapters). With ``project=False`` the pooled
         ``ln_final`` feature is returned for a replacement projection.
         """
-        from .dpam import run_block
-
         clip = self.clip
         x = embeddings + clip.positional_embedding[: embeddings.shape[1]].to(embeddings.dtype)
         mask = clip.attn_mask

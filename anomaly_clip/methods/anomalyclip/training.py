@@ -1,21 +1,17 @@
 """AnomalyCLIP training: glocal loss on the prompt learner, frozen image features cached."""
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
-from .backbone import load_backbone
-from .data.dataset import AnomalyDataset
-from .data.formats import load_samples
-from .feature_cache import EpochLoader, FeatureCache, choose_cache_mode
-from .methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from .options import backbone_config_from_args
-from .training import StageResult, fit_stage, seed_everything
+from ...data.dataset import AnomalyDataset
+from ...engine.feature_cache import EpochLoader, FeatureCache, choose_cache_mode
+from ...engine.training import StageResult, fit_stage, seed_everything
+from .config import TRAINING
+from .model import AnomalyCLIP
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +25,8 @@ def _feature_bytes(detector: AnomalyCLIP) -> int:
 
 
 def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir: str | Path,
-                      epochs: int = 15, learning_rate: float = 1e-3, batch_size: int = 8, seed: int = 111,
+                      epochs: int = TRAINING.epochs, learning_rate: float = TRAINING.learning_rate,
+                      batch_size: int = TRAINING.batch_size, seed: int = TRAINING.seed,
                       feature_cache: str = "auto", num_workers: int = 0, save_freq: int = 1,
                       print_freq: int = 1, resume: bool = False, precision: str = "auto",
                       export_official: bool = True, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
@@ -80,24 +77,3 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
     finally:
         if cache is not None:
             cache.close()
-
-
-def train_from_args(args: argparse.Namespace) -> Path:
-    """``train.py --method anomalyclip``: build everything from flags and train."""
-    seed_everything(args.seed)
-    backbone = load_backbone(backbone_config_from_args(args, AnomalyCLIP.default_backbone_config()), args.device)
-    config = AnomalyCLIPConfig.from_dict(AnomalyCLIP.config_from_args(args))
-    detector = AnomalyCLIP(backbone, config)
-    samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
-    dataset = AnomalyDataset(samples, args.train_data_path, image_size=backbone.config.image_size)
-    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
-    logger.info("Training AnomalyCLIP on %s (%s split, %d images): %s", args.train_data_path, args.split,
-                len(dataset), json.dumps(config.to_dict()))
-    result = train_anomalyclip(
-        detector, dataset, args.save_path, epochs=args.epoch, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, seed=args.seed, feature_cache=args.feature_cache,
-        num_workers=args.num_workers, save_freq=args.save_freq, print_freq=args.print_freq,
-        resume=args.resume, precision=args.precision, export_official=args.export_official,
-        run_settings=settings,
-    )
-    return result.checkpoints[-1]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import CLIPBackbone
+from ...clip.backbone import CLIPBackbone
 
 NORMAL_STATES = ("{}",)
 ABNORMAL_STATES = ("damaged {}",)

@@ -1,4 +1,8 @@
-"""Command-line options shared by every entry point, and their translation into configs."""
+"""Command-line options: the flags every entry point shares, and the base of each method's own.
+
+A method's flags live in its folder (``methods/<name>/flags.py``) as a :class:`MethodFlags`
+subclass; detectors know nothing of argparse.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +10,14 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from .backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
+if TYPE_CHECKING:
+    from .detector import AnomalyDetector
+
+from ..clip.backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
+from ..data.dataset import AnomalyDataset
+from ..data.formats import load_samples
 from .precision import PRECISIONS
 
 
@@ -75,3 +84,33 @@ def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.t
         handler.addFilter(_quiet_open_clip)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+
+def run_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The plain values of parsed flags, stored with checkpoints so a run can be traced."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+class MethodFlags:
+    """Command-line face of one method: its flags, their translation into its config, and the
+    training recipe they start. Subclasses override what their method needs."""
+
+    def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the method's own training flags (reference flag names) to ``parser``."""
+
+    def add_test_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the method's own evaluation flags to ``parser``."""
+
+    def config_from_args(self, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
+        """Method-config values set on the command line (``None`` flags leave ``base`` as is)."""
+        return dict(base or {})
+
+    def train_from_args(self, args: argparse.Namespace) -> Path:
+        """Build the detector and data from parsed flags, train, and return the final checkpoint."""
+        raise TypeError(f"{type(self).__name__} does not train")
+
+    def evaluation_dataset(self, args: argparse.Namespace, detector: "AnomalyDetector") -> AnomalyDataset:
+        """Test-time dataset from ``--data_path/--split/--metadata`` with the method's transforms."""
+        samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
+        return AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
+                              mask_interpolation=detector.mask_interpolation)

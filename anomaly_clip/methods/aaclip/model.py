@@ -11,100 +11,30 @@ from the paper and which options give the paper's variant).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from abc import abstractmethod
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ..adapters import ImageAdapter, TextAdapter
-from ..backbone import BackboneConfig, CLIPBackbone
-from ..class_prompts import (GENERIC_CLASS, PromptEnsemble, class_text_anchors, describe_class,
-                             read_descriptions)
-from ..data.registry import UnknownDatasetError, get_dataset_info
-from ..detector import AnomalyDetector, MethodConfig, Prediction, parameter_state, register_method
-from ..dpam import DPAMConfig, block_attention, encode_image, mlp_residual, run_block
-from ..losses import classification_loss, segmentation_loss
-from ..precision import float32_einsum
-from ..smoothing import gaussian_blur
+from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ...clip.blocks import block_attention, mlp_residual, run_block
+from ...clip.dpam import DPAMConfig, encode_image
+from ...data.registry import UnknownDatasetError, get_dataset_info
+from ...engine.detector import AnomalyDetector, Prediction, parameter_state
+from ...engine.losses import classification_loss, segmentation_loss
+from ...engine.precision import float32_einsum
+from ...engine.smoothing import gaussian_blur
+from . import official
+from .adapters import ImageAdapter, TextAdapter
+from .class_prompts import GENERIC_CLASS, PromptEnsemble, class_text_anchors, describe_class
+from .config import DEFAULT_DOMAIN, DOMAIN_BLUR, TEXT_LOSS_LEVELS, VV_AXES, AAClipConfig, AdaptedImageConfig
 
 logger = logging.getLogger(__name__)
 
 SIMILARITY_SCALE = 100.0
-DOMAIN_BLUR: Dict[str, Tuple[int, float]] = {"industrial": (7, 1.0), "medical": (9, 1.5)}
-DEFAULT_DOMAIN = "industrial"
-VV_AXES = ("batch", "tokens")
-TEXT_LOSS_LEVELS = ("last", "all")
-IMAGE_SCORES = ("fused", "detection")
-
-TEXT_FILE = "text_adapter.pth"
-IMAGE_FILE = "image_adapter.pth"
-IMAGE_EPOCH_FILE = re.compile(r"^image_adapter_(\d+)\.pth$")
-
-
-@dataclass
-class AdaptedImageConfig(MethodConfig):
-    """Settings of AA-CLIP's image side: residual adapters, level projections, maps and scores.
-
-    ``dataset`` selects, with ``domain``/``blur_kernel``/``blur_sigma`` unset, the map blur of
-    that dataset's domain. ``image_score``: ``fused`` reproduces the reference evaluation (per
-    class, min-max normalised detection score and map maximum combined, see
-    :func:`fuse_class_scores`); ``detection`` keeps the detection score alone.
-    """
-
-    image_adapt_weight: float = 0.1
-    image_adapt_until: int = 6
-    levels: Tuple[int, ...] = (6, 12, 18, 24)
-    relu: bool = False
-    dataset: Optional[str] = None
-    domain: Optional[str] = None
-    blur_kernel: Optional[int] = None
-    blur_sigma: Optional[float] = None
-    image_score: str = "fused"
-
-    def __post_init__(self) -> None:
-        self.levels = tuple(int(level) for level in self.levels)
-        if not 0.0 <= self.image_adapt_weight <= 1.0:
-            raise ValueError(f"image_adapt_weight must lie in [0, 1], got {self.image_adapt_weight}")
-        if self.image_adapt_until < 0:
-            raise ValueError(f"image_adapt_until must be >= 0, got {self.image_adapt_until}")
-        if not self.levels or list(self.levels) != sorted(set(self.levels)) or self.levels[0] < 1:
-            raise ValueError(f"levels must be increasing positive block numbers, got {self.levels}")
-        if self.domain is not None and self.domain not in DOMAIN_BLUR:
-            raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {self.domain!r}")
-        if self.blur_kernel is not None and (self.blur_kernel < 1 or self.blur_kernel % 2 == 0):
-            raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
-        if self.blur_sigma is not None and self.blur_sigma <= 0:
-            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma}")
-        if self.image_score not in IMAGE_SCORES:
-            raise ValueError(f"image_score must be one of {IMAGE_SCORES}, got {self.image_score!r}")
-
-
-@dataclass
-class AAClipConfig(AdaptedImageConfig):
-    """An AA-CLIP detector's settings (stored in checkpoints): the image side plus the text adapter.
-
-    ``adapt_text=False`` builds anchors with plain CLIP text features (what the reference code
-    does when no text stage was trained); ``dataset`` also selects the class descriptions, which
-    ``class_descriptions`` (class name -> description) overrides.
-    """
-
-    text_adapt_weight: float = 0.1
-    text_adapt_until: int = 3
-    adapt_text: bool = True
-    class_descriptions: Dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.text_adapt_weight <= 1.0:
-            raise ValueError(f"text_adapt_weight must lie in [0, 1], got {self.text_adapt_weight}")
-        if self.text_adapt_until < 0:
-            raise ValueError(f"text_adapt_until must be >= 0, got {self.text_adapt_until}")
 
 
 def dataset_domain(dataset: Optional[str]) -> Optional[str]:
@@ -248,8 +178,6 @@ class AdaptedImageDetector(AnomalyDetector):
 
     config_class = AdaptedImageConfig
     mask_interpolation = "nearest"
-    argument_fields: Tuple[str, ...] = ("image_adapt_weight", "image_adapt_until", "relu", "domain", "blur_kernel",
-                                        "blur_sigma", "image_score")
 
     def __init__(self, backbone: CLIPBackbone, config: AdaptedImageConfig):
         super().__init__(backbone, config)
@@ -361,65 +289,12 @@ class AdaptedImageDetector(AnomalyDetector):
         return {"loss": classification + segmentation, "classification": classification,
                 "segmentation": segmentation}
 
-    # ---- command line ------------------------------------------------------------------------
-    @classmethod
-    def add_test_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group(f"{cls.method_name} options")
-        cls.add_architecture_flags(group)
-        group.add_argument("--domain", choices=sorted(DOMAIN_BLUR), default=None,
-                           help="blur settings of this domain (default: the dataset's domain)")
-        group.add_argument("--blur_kernel", type=int, default=None, help="map blur kernel (7 industrial, 9 medical)")
-        group.add_argument("--blur_sigma", type=float, default=None, help="map blur sigma (1 industrial, 1.5 medical)")
-        group.add_argument("--image_score", choices=IMAGE_SCORES, default=None,
-                           help="fused: per-class normalised detection score and map maximum, as the reference "
-                                "evaluation (default); detection: detection score alone")
 
-    @classmethod
-    def add_architecture_flags(cls, group: argparse._ArgumentGroup) -> None:
-        """Flags shaping the trainable parts, shared by training and evaluation."""
-        group.add_argument("--image_adapt_weight", type=float, default=None, help="image adapter blend weight (0.1)")
-        group.add_argument("--image_adapt_until", type=int, default=None, help="adapted visual blocks (6)")
-        group.add_argument("--relu", action="store_true", default=None,
-                           help="LeakyReLU after the patch/detection projections (read from reference files)")
-        group.add_argument("--levels", type=int, nargs="+", default=None,
-                           help="visual blocks whose patch tokens are projected (default 6 12 18 24)")
-
-    @classmethod
-    def add_image_training_flags(cls, group: argparse._ArgumentGroup) -> None:
-        """Training data and the image stage (reference names and defaults)."""
-        group.add_argument("--shot", type=int, default=0,
-                           help="few-shot training: K images per class, normal:anomalous 1:1 (0 = full shot)")
-        group.add_argument("--training_mode", choices=("few_shot", "full_shot"), default=None,
-                           help="full_shot ignores --shot; few_shot needs --shot > 0 (default: from --shot)")
-        group.add_argument("--image_epoch", type=int, default=20, help="image-stage epochs")
-        group.add_argument("--image_lr", type=float, default=5e-4, help="image-stage Adam learning rate")
-        group.add_argument("--image_batch_size", type=int, default=2, help="image-stage batch size")
-        group.add_argument("--image_milestones", type=int, nargs="+", default=[16000, 32000],
-                           help="image-stage MultiStepLR milestones in iterations")
-        group.add_argument("--image_lr_gamma", type=float, default=0.5, help="image-stage MultiStepLR factor")
-
-    @classmethod
-    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
-        values = dict(base or {})
-        for name in cls.argument_fields:
-            if getattr(args, name, None) is not None:
-                values[name] = getattr(args, name)
-        if getattr(args, "levels", None):
-            values["levels"] = tuple(args.levels)
-        dataset = getattr(args, "dataset", None)
-        data_path = getattr(args, "data_path", None) or getattr(args, "train_data_path", None)
-        if dataset or data_path:
-            values["dataset"] = dataset or Path(data_path).name
-        return values
-
-
-@register_method("aaclip")
 class AAClipDetector(AdaptedImageDetector):
     """Frozen CLIP with AA-CLIP's text and image residual adapters."""
 
     config_class = AAClipConfig
     prompt_ensemble = PromptEnsemble()
-    argument_fields = AdaptedImageDetector.argument_fields + ("text_adapt_weight", "text_adapt_until")
 
     def __init__(self, backbone: CLIPBackbone, config: AAClipConfig):
         super().__init__(backbone, config)
@@ -484,75 +359,10 @@ class AAClipDetector(AdaptedImageDetector):
         return {"loss": segmentation + disentangle_weight * disentangle, "segmentation": segmentation,
                 "disentangle": disentangle}
 
-    # ---- command line ----------------------------------------------------------------------
-    @classmethod
-    def add_train_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("AA-CLIP (reference flag names)")
-        cls.add_architecture_flags(group)
-        group.add_argument("--text_epoch", type=int, default=5, help="stage-1 (text adapter) epochs; 0 skips it")
-        group.add_argument("--text_lr", type=float, default=1e-5, help="stage-1 Adam learning rate")
-        group.add_argument("--text_batch_size", type=int, default=16, help="stage-1 batch size")
-        group.add_argument("--text_norm_weight", type=float, default=0.1,
-                           help="weight of the disentangle loss (anchor orthogonality), gamma in the paper")
-        group.add_argument("--surgery_until_layer", type=int, default=20,
-                           help="stage-1 V-V CLIP: the last N-1 visual blocks use V-V attention")
-        group.add_argument("--vv_axis", choices=VV_AXES, default="batch",
-                           help="stage-1 V-V attention across the batch at each token (reference code) or "
-                                "across each image's tokens")
-        group.add_argument("--text_loss_levels", choices=TEXT_LOSS_LEVELS, default="last",
-                           help="stage-1 segmentation loss on the last level only (reference code) or summed "
-                                "over all levels")
-        cls.add_image_training_flags(group)
-
-    @classmethod
-    def add_architecture_flags(cls, group: argparse._ArgumentGroup) -> None:
-        super().add_architecture_flags(group)
-        group.add_argument("--text_adapt_weight", type=float, default=None, help="text adapter blend weight (0.1)")
-        group.add_argument("--text_adapt_until", type=int, default=None, help="adapted text blocks (3)")
-        group.add_argument("--class_descriptions", default=None,
-                           help="JSON file {class name: description} overriding the built-in descriptive names")
-
-    @classmethod
-    def config_from_args(cls, args: argparse.Namespace, base: Optional[dict] = None) -> Dict[str, Any]:
-        values = super().config_from_args(args, base)
-        if getattr(args, "class_descriptions", None):
-            values["class_descriptions"] = read_descriptions(args.class_descriptions)
-        return values
-
-    @classmethod
-    def train_from_args(cls, args: argparse.Namespace) -> Path:
-        from ..aaclip_training import train_from_args
-
-        return train_from_args(args)
-
     # ---- reference checkpoints -------------------------------------------------------------
     @classmethod
     def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
-        """Read the reference code's adapter files: a folder holding ``text_adapter.pth`` and
-        ``image_adapter.pth`` / ``image_adapter_{epoch}.pth`` (the plain file, else the latest
-        epoch), or one of those files (the text adapter beside an image file is picked up)."""
-        location = Path(path)
-        if location.is_dir():
-            image_file = _latest_image_file(location)
-            text_file = location / TEXT_FILE
-            if image_file is None:
-                if text_file.is_file():
-                    raise ValueError(f"{location} holds {TEXT_FILE} but no image adapter "
-                                     f"({IMAGE_FILE} or image_adapter_<epoch>.pth): train the image stage first")
-                return None
-            return _official_payload(image_file, text_file if text_file.is_file() else None)
-        if not location.is_file():
-            return None
-        contents = _read_torch_dict(location)
-        if contents is None or "format" in contents:
-            return None
-        if "image_adapter" in contents:
-            text_file = location.parent / TEXT_FILE
-            return _official_payload(location, text_file if text_file.is_file() else None, contents)
-        if "text_adapter" in contents:
-            raise ValueError(f"{location} is an AA-CLIP text adapter alone; pass the folder or the image adapter file "
-                             "(image_adapter.pth) so that both stages are loaded")
-        return None
+        return official.read_checkpoint(path)
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Load reference adapter weights; the projection activation (``--relu``) is read from
@@ -564,13 +374,13 @@ class AAClipDetector(AdaptedImageDetector):
             self.config.relu = relu
             for projection in [*self.image_adapter.level_projections, self.image_adapter.detection_projection]:
                 projection.activation = relu
-        self.image_adapter.load_state_dict(image_state_from_official(image_state, self.config), strict=True)
+        self.image_adapter.load_state_dict(official.image_state_from_official(image_state, self.config), strict=True)
         text_state = checkpoint.get("text_adapter")
         if text_state is None:
             logger.info("No reference text adapter: anchors use plain CLIP text features")
             self.config.adapt_text = False
         else:
-            self.text_adapter.load_state_dict(text_state_from_official(dict(text_state), self.config), strict=True)
+            self.text_adapter.load_state_dict(official.text_state_from_official(dict(text_state), self.config), strict=True)
             self.config.adapt_text = True
         self._anchor_cache = {}
 
@@ -578,92 +388,12 @@ class AAClipDetector(AdaptedImageDetector):
         """Reference files of ``stage`` ("text", "image", or "" for both)."""
         files: Dict[str, Dict[str, Any]] = {}
         if stage in ("", "text") and self.config.adapt_text:
-            files[TEXT_FILE] = {"epoch": epoch, "text_adapter": official_text_state(self)}
+            files[official.TEXT_FILE] = {"epoch": epoch, "text_adapter": official.official_text_state(self.text_adapter)}
         if stage in ("", "image"):
-            payload = {"epoch": epoch, "image_adapter": official_image_state(self)}
-            files[IMAGE_FILE] = payload
+            payload = {"epoch": epoch, "image_adapter": official.official_image_state(self.image_adapter, self.config.relu)}
+            files[official.IMAGE_FILE] = payload
             if epoch is not None:
                 files[f"image_adapter_{epoch}.pth"] = payload
         if stage not in ("", "text", "image"):
             raise ValueError(f"AA-CLIP stages are 'text' and 'image', got {stage!r}")
         return files
-
-
-
-def _read_torch_dict(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not a reference file
-        return None
-    return contents if isinstance(contents, dict) else None
-
-
-def _latest_image_file(folder: Path) -> Optional[Path]:
-    if (folder / IMAGE_FILE).is_file():
-        return folder / IMAGE_FILE
-    epochs = {int(m.group(1)): p for p in folder.iterdir() if (m := IMAGE_EPOCH_FILE.match(p.name)) and p.is_file()}
-    return epochs[max(epochs)] if epochs else None
-
-
-def _official_payload(image_file: Path, text_file: Optional[Path],
-                      image_contents: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    image_contents = image_contents if image_contents is not None else _read_torch_dict(image_file)
-    if not image_contents or "image_adapter" not in image_contents:
-        raise ValueError(f"{image_file} has no 'image_adapter' entry: not an AA-CLIP image adapter checkpoint")
-    text_state = None
-    if text_file is not None:
-        text_contents = _read_torch_dict(text_file)
-        if not text_contents or "text_adapter" not in text_contents:
-            raise ValueError(f"{text_file} has no 'text_adapter' entry: not an AA-CLIP text adapter checkpoint")
-        text_state = text_contents["text_adapter"]
-    return {"image_adapter": image_contents["image_adapter"], "text_adapter": text_state,
-            "epoch": image_contents.get("epoch"), "source": str(image_file)}
-
-
-def _check_keys(found: Mapping[str, Any], expected: Sequence[str], what: str, hint: str) -> None:
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"reference {what} does not fit this configuration ({hint}): "
-                         f"missing {missing[:6]}, unexpected {unexpected[:6]}")
-
-
-def _projection_key(prefix: str, relu: bool) -> str:
-    return f"{prefix}.fc.0.weight" if relu else f"{prefix}.fc.weight"
-
-
-def official_text_state(detector: AAClipDetector) -> Dict[str, torch.Tensor]:
-    """Text adapter in the reference layout: adapters ``{i}.fc.0.weight``, then the projection."""
-    adapter = detector.text_adapter
-    state = {f"{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
-    state[f"{len(adapter.blocks)}.fc.0.weight"] = adapter.projection.linear.weight
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def text_state_from_official(state: Mapping[str, torch.Tensor], config: AAClipConfig) -> Dict[str, torch.Tensor]:
-    count = config.text_adapt_until
-    expected = [f"{i}.fc.0.weight" for i in range(count + 1)]
-    _check_keys(state, expected, "text adapter", f"--text_adapt_until {count}")
-    converted = {f"blocks.adapters.{i}.linear.weight": state[f"{i}.fc.0.weight"] for i in range(count)}
-    converted["projection.linear.weight"] = state[f"{count}.fc.0.weight"]
-    return converted
-
-
-def official_image_state(detector: AdaptedImageDetector) -> Dict[str, torch.Tensor]:
-    """Image adapter in the reference layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
-    adapter, relu = detector.image_adapter, detector.config.relu
-    state = {f"layer_adapters.{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
-    state.update({_projection_key(f"seg_proj.{i}", relu): p.linear.weight
-                  for i, p in enumerate(adapter.level_projections)})
-    state[_projection_key("det_proj", relu)] = adapter.detection_projection.linear.weight
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def image_state_from_official(state: Mapping[str, torch.Tensor], config: AdaptedImageConfig) -> Dict[str, torch.Tensor]:
-    count, levels, relu = config.image_adapt_until, len(config.levels), config.relu
-    adapters = {f"layer_adapters.{i}.fc.0.weight": f"blocks.adapters.{i}.linear.weight" for i in range(count)}
-    projections = {_projection_key(f"seg_proj.{i}", relu): f"level_projections.{i}.linear.weight"
-                   for i in range(levels)}
-    names = {**adapters, **projections, _projection_key("det_proj", relu): "detection_projection.linear.weight"}
-    _check_keys(state, list(names), "image adapter", f"--image_adapt_until {count}, {levels} levels")
-    return {ours: state[theirs] for theirs, ours in names.items()}

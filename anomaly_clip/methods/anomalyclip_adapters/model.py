@@ -7,39 +7,21 @@ image adapters against its fixed text features. No class names are needed at any
 """
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator, List, Sequence
 
 import torch
 
-from ..backbone import BackboneConfig, CLIPBackbone
-from ..detector import register_method
-from ..prompts import AGNOSTIC_CLASS, REFERENCE_UNUSED_PROJECTION_DIM, PromptLearner
-from .aaclip import AdaptedImageConfig, AdaptedImageDetector
-from .anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ..aaclip.model import AdaptedImageDetector
+from ..anomalyclip.config import AnomalyCLIPConfig
+from ..anomalyclip.model import AnomalyCLIP
+from ..anomalyclip.prompts import AGNOSTIC_CLASS, PromptLearner
+from .config import PROMPT_FIELDS, PromptAdapterConfig
 
-PROMPT_FIELDS = ("n_ctx", "depth", "t_n_ctx", "half_precision_deep_tokens", "unused_projection_dim")
-
-
-@dataclass
-class PromptAdapterConfig(AdaptedImageConfig):
-    """AA-CLIP image side plus the shape of AnomalyCLIP's object-agnostic prompt learner."""
-
-    n_ctx: int = 12
-    depth: int = 9
-    t_n_ctx: int = 4
-    half_precision_deep_tokens: bool = True
-    unused_projection_dim: int = REFERENCE_UNUSED_PROJECTION_DIM
-
-
-@register_method("anomalyclip_adapters")
 class PromptAdapterDetector(AdaptedImageDetector):
     """AA-CLIP's adapted image features scored against AnomalyCLIP's learnt prompt features."""
 
     config_class = PromptAdapterConfig
-    argument_fields = AdaptedImageDetector.argument_fields + ("n_ctx", "depth", "t_n_ctx")
 
     def __init__(self, backbone: CLIPBackbone, config: PromptAdapterConfig):
         super().__init__(backbone, config)
@@ -77,28 +59,3 @@ class PromptAdapterDetector(AdaptedImageDetector):
         if mismatched:
             raise ValueError(f"AnomalyCLIP prompt settings {mismatched} differ from this detector's")
         self.prompt_learner.load_state_dict(detector.prompt_learner.state_dict())
-
-    @classmethod
-    def add_train_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("AnomalyCLIP prompts + AA-CLIP image adapters")
-        cls.add_architecture_flags(group)
-        group.add_argument("--prompt_checkpoint", default=None,
-                           help="trained AnomalyCLIP checkpoint (ours or official epoch_15.pth) to take the prompts "
-                                "from; without it stage 1 trains them")
-        group.add_argument("--prompt_epoch", type=int, default=15, help="stage-1 (AnomalyCLIP prompts) epochs")
-        group.add_argument("--prompt_lr", type=float, default=1e-3, help="stage-1 Adam learning rate")
-        group.add_argument("--prompt_batch_size", type=int, default=8, help="stage-1 batch size")
-        cls.add_image_training_flags(group)
-
-    @classmethod
-    def add_architecture_flags(cls, group: argparse._ArgumentGroup) -> None:
-        super().add_architecture_flags(group)
-        group.add_argument("--n_ctx", type=int, default=None, help="learnable context length (default 12)")
-        group.add_argument("--depth", type=int, default=None, help="deep text prompt depth (default 9)")
-        group.add_argument("--t_n_ctx", type=int, default=None, help="deep text tokens per block (default 4)")
-
-    @classmethod
-    def train_from_args(cls, args: argparse.Namespace) -> Path:
-        from ..aaclip_training import train_prompt_adapters_from_args
-
-        return train_prompt_adapters_from_args(args)

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .data.registry import UnknownDatasetError, get_dataset_info, normalize_name
+from ...data.registry import UnknownDatasetError, get_dataset_info, normalize_name
 
 SentenceEncoder = Callable[[List[str]], torch.Tensor]
 

@@ -12,15 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .anomalyclip_training import train_anomalyclip
-from .backbone import BackboneConfig, WeightsNotFoundError, load_backbone
-from .data.dataset import AnomalyDataset
-from .data.formats import load_samples
-from .data.synthetic import generate_synthetic_dataset
-from .evaluation import evaluate
-from .methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from .options import setup_logging
-from .training import seed_everything
+from ..clip.backbone import BackboneConfig, WeightsNotFoundError, load_backbone
+from ..data.dataset import AnomalyDataset
+from ..data.formats import load_samples
+from ..data.synthetic import generate_synthetic_dataset
+from ..engine.evaluation import evaluate
+from ..engine.flags import setup_logging
+from ..engine.training import seed_everything
+from ..methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, train_anomalyclip
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .detector import AnomalyDetector
-from .metrics import AnomalyEvaluator, MetricsReport
+from ..metrics import AnomalyEvaluator, MetricsReport
 from .precision import autocast
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,40 @@
+"""``anomaly-clip`` (and ``python -m anomaly_clip``): one command, several sub-commands."""
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+# sub-command -> (module, entry point, one-line description); modules load only when used
+COMMANDS: Dict[str, Tuple[str, str, str]] = {
+    "train": ("train", "train_main", "train a method's prompts/adapters on a dataset (same flags as train.py)"),
+    "test": ("test", "test_main", "evaluate a checkpoint on a dataset: per-class metrics (same flags as test.py)"),
+    "demo": ("demo", "demo_main", "synthetic data -> train -> zero-shot table and heatmaps, in one command"),
+    "summarize": ("summarize", "summarize_main", "one table from several test.py result folders"),
+}
+
+
+def command(name: str) -> Callable[[Optional[Sequence[str]]], object]:
+    module, function, _ = COMMANDS[name]
+    return getattr(import_module(f".{module}", __package__), function)
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: anomaly-clip <command> [options]", "", "Zero-shot anomaly detection with CLIP "
+             "(AnomalyCLIP, AA-CLIP).", "", "commands:"]
+    lines += [f"  {name:<{width}}  {description}" for name, (_, _, description) in COMMANDS.items()]
+    lines += ["", "'anomaly-clip <command> --help' lists a command's options."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(usage())
+        return
+    if not argv or argv[0] not in COMMANDS:
+        problem = f"unknown command {argv[0]!r}\n\n" if argv else ""
+        sys.stderr.write(problem + usage())
+        raise SystemExit(2)
+    command(argv[0])(argv[1:])

@@ -1,0 +1,47 @@
+"""``train.py`` / ``anomaly-clip train``: train any registered method from flags."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..engine.flags import add_backbone_arguments, add_data_arguments, setup_logging
+from ..methods import METHODS, get_method
+
+logger = logging.getLogger(__name__)
+
+
+def _method_from_argv(argv: Sequence[str], default: Optional[str]) -> Optional[str]:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default=default)
+    known, _ = pre.parse_known_args(argv)
+    return known.method
+
+
+def build_train_parser(method: str) -> argparse.ArgumentParser:
+    spec = get_method(method)
+    parser = argparse.ArgumentParser("train.py", description=f"Train {spec.name} prompts/adapters.")
+    parser.add_argument("--method", default="anomalyclip", choices=sorted(METHODS), help="method to train")
+    parser.add_argument("--save_path", default="./checkpoints", help="folder for checkpoints and the log")
+    add_data_arguments(parser, "--train_data_path", split_default="test")
+    parser.add_argument("--seed", type=int, default=111, help="random seed")
+    parser.add_argument("--print_freq", type=int, default=1, help="log every N epochs")
+    parser.add_argument("--save_freq", type=int, default=1, help="checkpoint every N epochs")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --save_path")
+    parser.add_argument("--no-export-official", dest="export_official", action="store_false",
+                        help="do not also write checkpoints in the reference code's format")
+    add_backbone_arguments(parser)
+    spec.flags.add_train_arguments(parser)
+    return parser
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = _method_from_argv(argv, "anomalyclip")
+    args = build_train_parser(method).parse_args(argv)
+    setup_logging(args.save_path, "log.txt")
+    path = get_method(args.method).flags.train_from_args(args)
+    logger.info("Training finished; last checkpoint: %s", path)
+    return path

@@ -1,0 +1,120 @@
+"""AA-CLIP training: stage 1 adapts the text tower, stage 2 the image tower against fixed anchors.
+
+Both stages run through :func:`anomaly_clip.engine.training.fit_stage` (mixed precision, atomic
+checkpoints, resume, reference-format export); each stage resumes on its own, so an interrupted
+run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import Dataset
+
+from ...data.augment import AAClipAugmentation
+from ...data.dataset import AnomalyDataset
+from ...data.fewshot import few_shot_subset
+from ...engine.feature_cache import EpochLoader
+from ...engine.training import StageResult, checkpoint_path, fit_stage, seed_everything
+from .config import AAClipTrainSettings
+from .model import AAClipDetector
+
+logger = logging.getLogger(__name__)
+
+ADAM_BETAS = (0.5, 0.999)
+
+
+def _masks(batch: Dict[str, Any]) -> torch.Tensor:
+    return (batch["mask"] > 0.5).float()
+
+
+def train_text_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str | Path,
+                     settings: AAClipTrainSettings, num_workers: int = 0, resume: bool = False,
+                     precision: str = "auto", export_official: bool = True, save_freq: int = 1,
+                     print_freq: int = 1, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
+    """Stage 1: train the text adapter (Adam, no schedule) on segmentation + disentangle loss."""
+    detector.config.adapt_text = True
+    loader = EpochLoader(dataset, batch_size=settings.text_batch_size, seed=settings.seed, num_workers=num_workers)
+    optimizer = torch.optim.Adam(detector.text_adapter.parameters(), lr=settings.text_lr, betas=ADAM_BETAS)
+
+    def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return detector.text_stage_loss(batch["image"], _masks(batch), list(batch["class_name"]),
+                                        disentangle_weight=settings.text_norm_weight,
+                                        dpam_layers=settings.surgery_until_layer, vv_axis=settings.vv_axis,
+                                        loss_levels=settings.text_loss_levels)
+
+    return fit_stage(detector, loader, optimizer, step, settings.text_epoch, output_dir, stage="text",
+                     save_freq=save_freq, print_freq=print_freq, resume=resume, precision=precision,
+                     export_official=export_official, run_settings=run_settings)
+
+
+def train_image_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str | Path,
+                      settings: AAClipTrainSettings, num_workers: int = 0, resume: bool = False,
+                      precision: str = "auto", export_official: bool = True, save_freq: int = 1,
+                      print_freq: int = 1, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
+    """Stage 2: train the image adapter against the fixed anchors (Adam, MultiStepLR per iteration)."""
+    loader = EpochLoader(dataset, batch_size=settings.image_batch_size, seed=settings.seed + 1,
+                         num_workers=num_workers)
+    optimizer = torch.optim.Adam(detector.image_adapter.parameters(), lr=settings.image_lr, betas=ADAM_BETAS)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.image_milestones),
+                                                     gamma=settings.image_lr_gamma)
+
+    def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return detector.image_stage_loss(batch["image"], _masks(batch), batch["label"], list(batch["class_name"]))
+
+    return fit_stage(detector, loader, optimizer, step, settings.image_epoch, output_dir, stage="image",
+                     scheduler=scheduler, save_freq=save_freq, print_freq=print_freq, resume=resume,
+                     precision=precision, export_official=export_official, run_settings=run_settings)
+
+
+def train_aaclip(detector: AAClipDetector, text_dataset: Dataset, image_dataset: Dataset, output_dir: str | Path,
+                 settings: Optional[AAClipTrainSettings] = None, **stage_options: Any) -> Path:
+    """Run both stages and return the last image-stage checkpoint.
+
+    With ``text_epoch == 0`` the text stage is skipped and anchors come from plain CLIP, as in
+    the reference code. ``stage_options`` (num_workers, resume, precision, export_official,
+    save_freq, print_freq, run_settings) go to both stages.
+    """
+    settings = settings or AAClipTrainSettings()
+    output_dir = Path(output_dir)
+    seed_everything(settings.seed)
+    if settings.text_epoch > 0:
+        result = train_text_stage(detector, text_dataset, output_dir, settings, **stage_options)
+        _log_history("text", result)
+    else:
+        detector.config.adapt_text = False
+        logger.info("Text stage skipped: anchors use plain CLIP text features")
+    result = train_image_stage(detector, image_dataset, output_dir, settings, **stage_options)
+    _log_history("image", result)
+    last = checkpoint_path(output_dir, "image", settings.image_epoch)
+    if not last.is_file():
+        raise FileNotFoundError(f"expected the final checkpoint {last} after training")
+    return last
+
+
+def _log_history(stage: str, result: StageResult) -> None:
+    if result.history:
+        logger.info("%s stage finished: %s", stage, json.dumps(result.history[-1]))
+    else:
+        logger.info("%s stage already complete (resumed)", stage)
+
+
+def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int,
+                            seed: int) -> Tuple[Dataset, Dataset]:
+    """(text-stage, image-stage) datasets: geometric augmentation for both, colour jitter for
+    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``."""
+    if shot > 0:
+        samples = few_shot_subset(samples, shot, seed=seed)
+    if not samples:
+        raise ValueError("no training samples")
+    mask_interpolation = AAClipDetector.mask_interpolation
+    text_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
+                                  augment=AAClipAugmentation(color_jitter=False))
+    if text_dataset.image_level_only:
+        raise ValueError(f"the training data under {root} has no pixel masks; both AA-CLIP stages need them")
+    image_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
+                                   augment=AAClipAugmentation(color_jitter=True))
+    return text_dataset, image_dataset

@@ -1,0 +1,45 @@
+"""AnomalyCLIP's reference checkpoint format: ``{"prompt_learner": state_dict}``.
+
+Released files (e.g. ``9_12_4_multiscale_visa/epoch_15.pth``) load into our prompt learner as
+they are; training also writes this format so the reference code can read our results.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+OFFICIAL_KEY = "prompt_learner"
+
+
+def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
+    """The reference checkpoint at ``path``, or None when the file is not one."""
+    if not Path(path).is_file():
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not ours to read; the caller reports
+        return None
+    if isinstance(checkpoint, dict) and set(checkpoint) == {OFFICIAL_KEY}:
+        return checkpoint
+    return None
+
+
+def prompt_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The prompt-learner state of a reference checkpoint, checked against our learner's shapes."""
+    state = dict(checkpoint[OFFICIAL_KEY])
+    problems = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if problems:
+        raise ValueError(
+            "official prompt learner does not fit this configuration (check --n_ctx/--depth/--t_n_ctx "
+            f"and the backbone): {problems[:6]}"
+        )
+    return state
+
+
+def checkpoint_files(state: Mapping[str, torch.Tensor], epoch: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+    """File name -> payload of the reference format for a prompt-learner state."""
+    name = f"official_epoch_{epoch}.pth" if epoch is not None else "official.pth"
+    return {name: {OFFICIAL_KEY: {k: v.detach().cpu() for k, v in state.items()}}}
