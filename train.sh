@@ -1,38 +1,16 @@
 #!/usr/bin/env bash
-# The papers' training protocol.
-#   AnomalyCLIP: train on VisA (its test split) -> checkpoint used to evaluate MVTec AD;
-#                train on MVTec AD (its test split) -> checkpoint used for every other dataset.
-#   AA-CLIP (METHOD=aaclip): the same pairing with its two-stage training.
+# The papers' training protocols, read from configs/ (see docs/protocols.md).
+#   PROTOCOL=zero_shot (default): the training runs of configs/zero_shot_suite.yaml for METHOD:
+#     anomalyclip: VisA -> checkpoint for MVTec AD; MVTec AD -> checkpoint for every other dataset.
+#     aaclip:      VisA -> every other dataset; MVTec AD -> VisA; SHOT=0 (full), 2, 16 or 64.
+#   PROTOCOL=tn3k: fine-tune an MVTec-AD-trained AnomalyCLIP (INIT_CKPT) on TN3K's training split.
 # Dataset roots come from the environment (each holding its metadata file, see docs/datasets.md):
-#   MVTEC_ROOT, VISA_ROOT. Optional: METHOD (anomalyclip|aaclip), OUT (default ./checkpoints),
-#   WEIGHTS (local CLIP file), DEVICE, EXTRA_ARGS (passed to train.py).
+#   MVTEC_ROOT and VISA_ROOT (zero_shot), TN3K_ROOT (tn3k).
+# Optional: METHOD (anomalyclip|aaclip), SHOT, CKPT_DIR (./checkpoints), WEIGHTS (local CLIP file),
+#   DEVICE, TRAIN_ARGS (extra train.py flags, e.g. "--epoch 5").
 set -euo pipefail
 cd "$(dirname "$0")"
-METHOD=${METHOD:-anomalyclip}
-OUT=${OUT:-./checkpoints}
-WEIGHTS_ARGS=()
-[ -n "${WEIGHTS:-}" ] && WEIGHTS_ARGS=(--weights "$WEIGHTS")
-
-missing=0
-for var in MVTEC_ROOT VISA_ROOT; do
-  if [ -z "${!var:-}" ]; then
-    echo "train.sh: set $var to the dataset root (with its meta.json; see docs/datasets.md)." >&2
-    missing=1
-  elif [ ! -d "${!var}" ]; then
-    echo "train.sh: $var=${!var} is not a directory." >&2
-    missing=1
-  fi
-done
-[ "$missing" -eq 0 ] || exit 1
-
-if [ "$METHOD" = "anomalyclip" ]; then
-  PROTOCOL_ARGS=(--features_list 24 --image_size 518 --batch_size 8 --epoch 15 --depth 9 --n_ctx 12 --t_n_ctx 4)
-else
-  PROTOCOL_ARGS=()
-fi
-
-python train.py --method "$METHOD" --dataset visa --train_data_path "$VISA_ROOT" \
-  --save_path "$OUT/${METHOD}_visa" --device "${DEVICE:-auto}" "${PROTOCOL_ARGS[@]}" "${WEIGHTS_ARGS[@]}" ${EXTRA_ARGS:-}
-python train.py --method "$METHOD" --dataset mvtec --train_data_path "$MVTEC_ROOT" \
-  --save_path "$OUT/${METHOD}_mvtec" --device "${DEVICE:-auto}" "${PROTOCOL_ARGS[@]}" "${WEIGHTS_ARGS[@]}" ${EXTRA_ARGS:-}
-echo "Checkpoints: $OUT/${METHOD}_visa (for MVTec AD) and $OUT/${METHOD}_mvtec (for all other datasets)."
+ARGS="${TRAIN_ARGS:-}"
+[ -n "${WEIGHTS:-}" ] && ARGS="--weights $(printf %q "$WEIGHTS") $ARGS"
+[ -n "${DEVICE:-}" ] && ARGS="--device $DEVICE $ARGS"
+exec python -m anomaly_clip protocol train --args "$ARGS"

@@ -10,7 +10,9 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "train": ("train", "train_main", "train a method's prompts/adapters on a dataset (same flags as train.py)"),
     "test": ("test", "test_main", "evaluate a checkpoint on a dataset: per-class metrics (same flags as test.py)"),
     "demo": ("demo", "demo_main", "synthetic data -> train -> zero-shot table and heatmaps, in one command"),
-    "summarize": ("summarize", "summarize_main", "one table from several test.py result folders"),
+    "summarize": ("summarize", "summarize_main", "one table from several test.py result folders; --compare "
+                  "adds the published numbers"),
+    "protocol": ("protocol", "protocol_main", "run a paper protocol from configs/ (train.sh / test.sh call it)"),
 }
 
 

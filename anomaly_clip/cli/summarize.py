@@ -1,40 +1,161 @@
-"""``anomaly-clip summarize``: one table from several ``test.py`` result folders."""
+"""``anomaly-clip summarize``: one table from several ``test.py`` result folders.
+
+Rows are labelled by run (the result folder), not only by dataset, so two runs on one dataset
+stay apart. ``--compare`` lines every metric up against the published tables under
+``configs/published/``: ours | published | delta, with a note where a comparison means little.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tabulate import tabulate
+
+from ..data.registry import UnknownDatasetError, get_dataset_info
+from ..metrics.published import (METRIC_LABELS, ComparisonRow, PublishedTables, Reference, compare_run,
+                                 is_random_run, read_published, run_metrics)
+from ..resources import configs_dir
+
+RANDOM_NOTE = "random weights: meaningless"
+
+
+def build_summarize_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("anomaly-clip summarize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("result_dirs", nargs="+", help="folders written by test.py --save_path")
+    parser.add_argument("--compare", action="store_true",
+                        help="compare with the published numbers: ours | published | delta per metric")
+    parser.add_argument("--reference", default=None,
+                        help="published reference to compare with (e.g. zero_shot, official_log, shot_16); "
+                             "default: the one the run's config names, else the method's default")
+    parser.add_argument("--published", action="append", default=None, metavar="FILE",
+                        help="published-table YAML file(s) (default: configs/published/<method>.yaml)")
+    parser.add_argument("--output", default=None, help="also write the table (markdown) to this file")
+    return parser
+
+
+def run_labels(directories: Sequence[str]) -> List[str]:
+    """Short unique labels naming the run: each folder relative to the parent of the folders'
+    common parent (``anomalyclip/mvtec``, ``aaclip_shot_16/mvtec``)."""
+    paths = [Path(d).resolve() for d in directories]
+    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    base = common.parent if common.parent != common else common
+    return [str(p.relative_to(base)) for p in paths]
+
+
+def canonical_dataset(name: str) -> str:
+    try:
+        return get_dataset_info(name).name
+    except UnknownDatasetError:
+        return name
+
+
+def read_results(directory: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+    path = Path(directory) / "results.json"
+    if not Path(directory).is_dir():
+        parser.error(f"{directory} is not a folder: pass folders written by test.py --save_path")
+    if not path.is_file():
+        parser.error(f"{path} not found: run test.py with --save_path {directory} first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        parser.error(f"{path} is not valid JSON ({error}); re-run test.py for this folder")
+    raise AssertionError("unreachable")
+
+
+def _percent(value: Optional[float]) -> str:
+    return "N/A" if value is None else f"{value:.1f}"
+
+
+def _delta(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:+.1f}"
+
+
+def summary_table(runs: List[Tuple[str, Dict[str, Any]]]) -> str:
+    """Mean metrics of each run in percent, one row per run."""
+    metrics = [m for m in METRIC_LABELS if any(m in run_metrics(results) for _, results in runs)]
+    headers = ["run", "dataset", "method"] + [METRIC_LABELS[m] for m in metrics] + ["note"]
+    body = []
+    for label, results in runs:
+        values = run_metrics(results)
+        settings = results.get("settings", {})
+        body.append([label, settings.get("dataset", ""), settings.get("method", "")]
+                    + [_percent(values.get(m)) if m in values else "" for m in metrics]
+                    + [RANDOM_NOTE if is_random_run(results) else ""])
+    return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def comparison_table(rows: List[ComparisonRow]) -> str:
+    body = [[row.run, row.dataset, METRIC_LABELS[row.metric], _percent(row.ours),
+             "—" if row.published is None else _percent(row.published), _delta(row.delta), row.note]
+            for row in rows]
+    return tabulate(body, headers=["run", "dataset", "metric", "ours", "published", "delta", "note"],
+                    tablefmt="pipe", disable_numparse=True, colalign=("left", "left", "left", "right", "right",
+                                                                     "right", "left"))
+
+
+def _published_tables(files: Optional[List[str]], methods: Sequence[str],
+                      parser: argparse.ArgumentParser) -> Dict[str, PublishedTables]:
+    tables: Dict[str, PublishedTables] = {}
+    if files:
+        for file in files:
+            if not Path(file).is_file():
+                parser.error(f"published-table file not found: {file}")
+            table = read_published(file)
+            tables[table.method] = table
+        return tables
+    folder = configs_dir() / "published"
+    for method in sorted(set(methods)):
+        path = folder / f"{method}.yaml"
+        if path.is_file():
+            tables[method] = read_published(path)
+    return tables
 
 
 def summarize_main(argv: Optional[Sequence[str]] = None) -> str:
     """Gather the mean rows of several ``test.py`` result folders into one table."""
-    from tabulate import tabulate
-
-    parser = argparse.ArgumentParser("anomaly-clip summarize", description=summarize_main.__doc__)
-    parser.add_argument("result_dirs", nargs="+", help="folders written by test.py --save_path")
-    parser.add_argument("--output", default=None, help="also write the table (markdown) to this file")
+    parser = build_summarize_parser()
     args = parser.parse_args(argv)
-    rows: List[dict] = []
-    for directory in args.result_dirs:
-        path = Path(directory) / "results.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run test.py with --save_path {directory} first")
-        data = json.loads(path.read_text())
-        mean = data["mean"]
-        rows.append({"dataset": data["settings"].get("dataset", directory), **mean})
-    headers = list(dict.fromkeys(key for row in rows for key in row))
-    table = tabulate([[_percent(row.get(h)) for h in headers] for row in rows], headers=headers, tablefmt="pipe")
-    sys.stdout.write(table + "\n")
+    labels = run_labels(args.result_dirs)
+    runs = [(label, read_results(directory, parser)) for label, directory in zip(labels, args.result_dirs)]
+    lines = []
+    if any(is_random_run(results) for _, results in runs):
+        lines.append("Runs marked 'random weights' used an untrained backbone: their numbers are meaningless.")
+    if not args.compare:
+        table = summary_table(runs)
+    else:
+        methods = [results.get("settings", {}).get("method", "") for _, results in runs]
+        tables = _published_tables(args.published, methods, parser)
+        rows: List[ComparisonRow] = []
+        used: Dict[str, Reference] = {}
+        for label, results in runs:
+            settings = results.get("settings", {})
+            method = settings.get("method", "")
+            reference = None
+            if method in tables:
+                name = args.reference or settings.get("published_reference")
+                try:
+                    reference = tables[method].reference(name)
+                except KeyError as error:
+                    parser.error(str(error.args[0]))
+                used[f"{method}:{reference.name}"] = reference
+            rows += compare_run(label, canonical_dataset(str(settings.get("dataset", ""))), results, reference)
+        for reference in used.values():
+            status = "checked against its source" if reference.verified else "NOT checked against the paper"
+            lines.append(f"Published ({reference.method}, {reference.name}): {reference.title}; {status} "
+                         f"[{reference.source}]")
+        missing = sorted(set(methods) - set(tables))
+        if missing:
+            lines.append(f"No published tables for {missing}: 'published' stays empty for them.")
+        lines.append("Values in %; delta = ours - published; N/A = not applicable (one label only).")
+        table = comparison_table(rows)
+    text = "\n".join(lines + ["", table]) if lines else table
+    sys.stdout.write(text + "\n")
     if args.output:
-        Path(args.output).write_text(table + "\n")
-    return table
-
-
-def _percent(value: object) -> object:
-    if value is None:
-        return "N/A"
-    if isinstance(value, float):
-        return f"{100 * value:.1f}"
-    return value
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    return text

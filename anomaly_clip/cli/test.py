@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 from ..engine.evaluation import METRIC_LEVELS, evaluate
 from ..engine.flags import add_backbone_arguments, add_data_arguments, backbone_config_from_args, setup_logging
 from ..methods import METHODS, get_method, identify_checkpoint, load
+from .config import add_config_argument, parse_arguments, preparse, read_config_file, write_resolved_config
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def build_test_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--save-predictions", dest="save_predictions", default=None, metavar="DIR",
                         help="write one .npz per class (paths, labels, scores, maps)")
     parser.add_argument("--visualize", action="store_true", help="write image | mask | map overlays as PNG")
+    add_config_argument(parser, "test")
     add_backbone_arguments(parser)
     spec.flags.add_test_arguments(parser)
     return parser
@@ -38,16 +40,14 @@ def build_test_parser(method: str) -> argparse.ArgumentParser:
 
 def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--checkpoint_path")
-    pre.add_argument("--method")
-    known, _ = pre.parse_known_args(argv)
-    method = known.method
-    if method is None and known.checkpoint_path and "-h" not in argv and "--help" not in argv:
-        method = identify_checkpoint(known.checkpoint_path)[0]
+    known = preparse(argv, "test", ["method", "checkpoint_path"])
+    method = known["method"]
+    if method is None and known["checkpoint_path"] and "-h" not in argv and "--help" not in argv:
+        method = identify_checkpoint(known["checkpoint_path"])[0]
     parser = build_test_parser(method or "anomalyclip")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv, "test")
     setup_logging(args.save_path, "test_log.txt")
+    write_resolved_config(args, parser, "test", args.save_path, source=args.config)
     flags = get_method(method).flags
     detector = load(
         args.checkpoint_path, device=args.device,
@@ -64,6 +64,11 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         "checkpoint": str(args.checkpoint_path), "method_config": detector.config.to_dict(),
         "backbone_config": detector.backbone.config.to_dict(), "metrics": args.metrics, "aupro": args.aupro,
     }
+    if args.config:
+        settings["config"] = str(args.config)
+        reference = read_config_file(args.config).get("reference")
+        if reference:
+            settings["published_reference"] = reference
     logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
     report.save(args.save_path, settings)
     return {"report": report, "settings": settings}

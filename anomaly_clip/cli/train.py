@@ -9,15 +9,9 @@ from typing import Optional, Sequence
 
 from ..engine.flags import add_backbone_arguments, add_data_arguments, setup_logging
 from ..methods import METHODS, get_method
+from .config import add_config_argument, parse_arguments, preparse, write_resolved_config
 
 logger = logging.getLogger(__name__)
-
-
-def _method_from_argv(argv: Sequence[str], default: Optional[str]) -> Optional[str]:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default=default)
-    known, _ = pre.parse_known_args(argv)
-    return known.method
 
 
 def build_train_parser(method: str) -> argparse.ArgumentParser:
@@ -30,8 +24,12 @@ def build_train_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--print_freq", type=int, default=1, help="log every N epochs")
     parser.add_argument("--save_freq", type=int, default=1, help="checkpoint every N epochs")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --save_path")
+    parser.add_argument("--init_checkpoint", default=None, metavar="CKPT",
+                        help="start from the learnt weights of this checkpoint (ours or official, same method): "
+                             "fine-tuning, e.g. a released model on TN3K's training split")
     parser.add_argument("--no-export-official", dest="export_official", action="store_false",
                         help="do not also write checkpoints in the reference code's format")
+    add_config_argument(parser, "train")
     add_backbone_arguments(parser)
     spec.flags.add_train_arguments(parser)
     return parser
@@ -39,9 +37,11 @@ def build_train_parser(method: str) -> argparse.ArgumentParser:
 
 def train_main(argv: Optional[Sequence[str]] = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = _method_from_argv(argv, "anomalyclip")
-    args = build_train_parser(method).parse_args(argv)
+    method = preparse(argv, "train", ["method"])["method"] or "anomalyclip"
+    parser = build_train_parser(method)
+    args = parse_arguments(parser, argv, "train")
     setup_logging(args.save_path, "log.txt")
+    write_resolved_config(args, parser, "train", args.save_path, source=args.config)
     path = get_method(args.method).flags.train_from_args(args)
     logger.info("Training finished; last checkpoint: %s", path)
     return path

@@ -134,3 +134,17 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
     detector.eval()
     logger.info("Loaded %s detector from %s", method, checkpoint)
     return detector
+
+
+def initialise_from_checkpoint(detector: AnomalyDetector, path: str | os.PathLike) -> None:
+    """Start training from the learnt weights of a checkpoint of the same method (ours or the
+    reference format), e.g. to fine-tune a released model on a new dataset's training split.
+    The detector keeps its own configuration; the file's weights must fit it."""
+    method, payload, own = identify_checkpoint(path)
+    if method != detector.method_name:
+        raise ValueError(f"--init_checkpoint {path} holds a {method} model, but this run trains {detector.method_name}")
+    if own:
+        detector.load_trainable_state_dict(payload["state_dict"])
+    else:
+        detector.load_official_checkpoint(payload)
+    logger.info("Initialised the trainable parts from %s", path)

@@ -57,6 +57,7 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     method_name: ClassVar[str] = ""
     config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     mask_interpolation: ClassVar[str] = "bilinear"
+    final_stage: ClassVar[str] = ""  # training stage whose checkpoints hold the finished model
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()

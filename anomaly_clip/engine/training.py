@@ -53,6 +53,17 @@ def checkpoint_path(output_dir: Path, stage: str, epoch: int) -> Path:
     return output_dir / f"{stage + '_' if stage else ''}epoch_{epoch}.pth"
 
 
+def final_checkpoint(output_dir: str | os.PathLike, stage: str = "") -> Optional[Path]:
+    """The highest-epoch checkpoint of ``stage`` in a training folder, or None."""
+    prefix = f"{stage + '_' if stage else ''}epoch_"
+    epochs = {}
+    for path in Path(output_dir).glob(f"{prefix}*.pth"):
+        number = path.stem[len(prefix):]
+        if number.isdigit():
+            epochs[int(number)] = path
+    return epochs[max(epochs)] if epochs else None
+
+
 def fit_stage(
     detector: AnomalyDetector,
     loader: Iterable[Dict[str, Any]],

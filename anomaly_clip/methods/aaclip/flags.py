@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ...clip.backbone import load_backbone
 from ...data.formats import load_samples
+from ...engine.checkpoint import initialise_from_checkpoint
 from ...engine.flags import MethodFlags, backbone_config_from_args, run_settings
 from ...engine.training import seed_everything
 from .class_prompts import read_descriptions
@@ -145,6 +146,8 @@ class AAClipFlags(AdaptedImageFlags):
                                  args.device)
         config = AAClipConfig.from_dict(self.config_from_args(args))
         detector = AAClipDetector(backbone, config)
+        if getattr(args, "init_checkpoint", None):
+            initialise_from_checkpoint(detector, args.init_checkpoint)
         shot = shots_from_args(args)
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
         text_dataset, image_dataset = build_training_datasets(samples, args.train_data_path,

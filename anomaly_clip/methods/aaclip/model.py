@@ -178,6 +178,7 @@ class AdaptedImageDetector(AnomalyDetector):
 
     config_class = AdaptedImageConfig
     mask_interpolation = "nearest"
+    final_stage = "image"
 
     def __init__(self, backbone: CLIPBackbone, config: AdaptedImageConfig):
         super().__init__(backbone, config)

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 from ...clip.backbone import load_backbone
 from ...data.dataset import AnomalyDataset
 from ...data.formats import load_samples
+from ...engine.checkpoint import initialise_from_checkpoint
 from ...engine.feature_cache import CACHE_MODES
 from ...engine.flags import MethodFlags, backbone_config_from_args, run_settings
 from ...engine.training import seed_everything
@@ -82,6 +83,8 @@ class AnomalyCLIPFlags(MethodFlags):
         backbone = load_backbone(backbone_config_from_args(args, AnomalyCLIP.default_backbone_config()), args.device)
         config = AnomalyCLIPConfig.from_dict(self.config_from_args(args))
         detector = AnomalyCLIP(backbone, config)
+        if getattr(args, "init_checkpoint", None):
+            initialise_from_checkpoint(detector, args.init_checkpoint)
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
         dataset = AnomalyDataset(samples, args.train_data_path, image_size=backbone.config.image_size)
         logger.info("Training AnomalyCLIP on %s (%s split, %d images): %s", args.train_data_path, args.split,

@@ -9,7 +9,7 @@ from pathlib import Path
 from ...clip.backbone import load_backbone
 from ...data.dataset import AnomalyDataset
 from ...data.formats import load_samples
-from ...engine.checkpoint import load
+from ...engine.checkpoint import initialise_from_checkpoint, load
 from ...engine.flags import backbone_config_from_args, run_settings
 from ...engine.training import checkpoint_path, seed_everything
 from ..aaclip.flags import AdaptedImageFlags, settings_from_args, shots_from_args
@@ -74,6 +74,8 @@ class PromptAdapterFlags(AdaptedImageFlags):
                               learning_rate=args.prompt_lr, batch_size=args.prompt_batch_size, seed=settings.seed,
                               **stage_options)
         detector.load_prompts(prompts)
+        if getattr(args, "init_checkpoint", None):
+            initialise_from_checkpoint(detector, args.init_checkpoint)
         _, image_dataset = build_training_datasets(samples, args.train_data_path, detector.image_size,
                                                    shots_from_args(args), settings.seed)
         train_image_stage(detector, image_dataset, args.save_path, settings, run_settings=run_settings(args),
