@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "BackboneConfig": "clip.backbone", "CLIPBackbone": "clip.backbone", "WeightsNotFoundError": "clip.backbone",
+    "InvalidWeightsError": "clip.backbone",
     "load_backbone": "clip.backbone", "DPAMConfig": "clip.dpam", "encode_image": "clip.dpam",
     "AnomalyDetector": "engine.detector", "Prediction": "engine.detector", "save_checkpoint": "engine.checkpoint",
     "evaluate": "engine.evaluation", "load": "methods", "get_method": "methods", "METHODS": "methods",

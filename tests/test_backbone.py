@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.clip.backbone import (BackboneConfig, WeightsNotFoundError, build_clip_model, load_backbone,
-                                   resize_position_embedding)
+from anomaly_clip.clip.backbone import (CLI_OPTIONS, BackboneConfig, WeightsNotFoundError, build_clip_model,
+                                        load_backbone, resize_position_embedding)
 from anomaly_clip.clip.dpam import DPAMConfig, block_attention, encode_image
 
 from conftest import TINY, tiny_config
@@ -210,9 +210,11 @@ def test_missing_weights_file_gives_actionable_error(tmp_path):
 
 
 def test_uncached_pretrained_tag_offline_gives_actionable_error(tmp_path):
-    config = BackboneConfig(cache_dir=str(tmp_path), offline=True)
-    with pytest.raises(WeightsNotFoundError, match="--weights"):
+    config = BackboneConfig(cache_dir=str(tmp_path), download=False)
+    with pytest.raises(WeightsNotFoundError, match="weights_path=FILE") as caught:
         load_backbone(config)
+    assert "downloading is off" in str(caught.value) and str(tmp_path) in str(caught.value)
+    assert "--weights FILE" in caught.value.describe(CLI_OPTIONS)
 
 
 def test_no_weight_source_is_an_error():

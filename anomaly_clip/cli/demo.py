@@ -30,7 +30,8 @@ def build_demo_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("anomaly-clip demo", description=__doc__)
     parser.add_argument("--output", default="runs/demo", help="folder for data, checkpoints, tables, heatmaps")
     parser.add_argument("--weights", default=None, help="local CLIP weights file (OpenAI or open_clip format)")
-    parser.add_argument("--download", action="store_true", help="download the pretrained tag if not cached")
+    parser.add_argument("--download", action="store_true", default=False,
+                        help="download the pretrained ViT-L-14-336 weights if they are not cached")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=None,
@@ -41,17 +42,25 @@ def build_demo_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the demo's own ways of providing weights, for the advice when none are found
+DEMO_OPTIONS = {"weights_path": "--weights FILE", "download": "--download"}
+
+
 def _demo_backbone(args: argparse.Namespace):
-    real = BackboneConfig(weights_path=args.weights, offline=not args.download, image_size=args.image_size or 518)
+    """Real CLIP from ``--weights`` (which must load), or from the cache (downloaded only with
+    ``--download``); else the tiny random backbone, saying why and how to get real weights."""
+    real = BackboneConfig(weights_path=args.weights, download=args.download, image_size=args.image_size or 518)
+    if args.weights:
+        return load_backbone(real, args.device), True
     try:
         return load_backbone(real, args.device), True
     except WeightsNotFoundError as error:
-        logger.warning("%s", error)
+        reason = error.describe(DEMO_OPTIONS)
     tiny = replace(BackboneConfig(), model_name=TINY_MODEL, pretrained=None, random_init=True,
                    image_size=args.image_size or 112)
     logger.warning("=" * 72)
-    logger.warning("No CLIP weights available: running a TINY RANDOM backbone. The pipeline is real, "
-                   "the numbers below are MEANINGLESS. Pass --weights or --download for real results.")
+    logger.warning("No CLIP weights, so this demo runs a TINY RANDOM backbone: the pipeline is real, the "
+                   "numbers are MEANINGLESS. %s", reason)
     logger.warning("=" * 72)
     return load_backbone(tiny, args.device), False
 
@@ -81,7 +90,6 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> dict:
     settings = {"demo": True, "pretrained": pretrained, "train_classes": train_classes,
                 "eval_classes": eval_classes, "backbone_config": backbone.config.to_dict()}
     report.save(output, settings)
-    note = "" if pretrained else "  (tiny random backbone: meaningless numbers)"
-    logger.info("Zero-shot results on held-out synthetic classes%s:\n%s", note, report.to_markdown())
+    logger.info("Zero-shot results on held-out synthetic classes:\n%s", report.to_markdown())
     logger.info("Heatmaps: %s; tables: %s", output / "heatmaps", output)
     return {"report": report, "settings": settings}

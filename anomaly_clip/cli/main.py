@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import sys
 from importlib import import_module
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+from .errors import DEBUG_ENV, DEBUG_FLAG, run_guarded
 
 # sub-command -> (module, entry point, one-line description); modules load only when used
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
@@ -26,8 +28,15 @@ def usage() -> str:
     lines = ["usage: anomaly-clip <command> [options]", "", "Zero-shot anomaly detection with CLIP "
              "(AnomalyCLIP, AA-CLIP).", "", "commands:"]
     lines += [f"  {name:<{width}}  {description}" for name, (_, _, description) in COMMANDS.items()]
-    lines += ["", "'anomaly-clip <command> --help' lists a command's options."]
+    lines += ["", "'anomaly-clip <command> --help' lists a command's options. Errors end in one 'error: ...' line",
+              f"(exit status 2); {DEBUG_FLAG} or {DEBUG_ENV}=1 shows the full traceback."]
     return "\n".join(lines) + "\n"
+
+
+def run(name: str, argv: Optional[Sequence[str]] = None) -> Any:
+    """Run sub-command ``name`` as a program (``train.py`` and ``test.py`` too): errors the user
+    can fix end in one line, not a traceback (see :mod:`anomaly_clip.cli.errors`)."""
+    return run_guarded(command(name), list(sys.argv[1:] if argv is None else argv))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -39,4 +48,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         problem = f"unknown command {argv[0]!r}\n\n" if argv else ""
         sys.stderr.write(problem + usage())
         raise SystemExit(2)
-    command(argv[0])(argv[1:])
+    run(argv[0], argv[1:])

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import open_clip
 import torch
@@ -34,8 +38,53 @@ OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """Raised when the requested CLIP weights cannot be found locally or downloaded."""
+PROBE_TIMEOUT_S = 1.5
+# heads every table computed with an untrained backbone
+RANDOM_WEIGHTS_WARNING = "random (untrained) CLIP weights: these numbers are meaningless"
+
+# How each way of providing weights is spelled by a caller: Python keywords, command-line flags.
+API_OPTIONS = {"weights_path": "weights_path=FILE", "cache_dir": "cache_dir=DIR", "download": "download=True",
+               "model_name": "model_name=NAME"}
+CLI_OPTIONS = {"weights_path": "--weights FILE", "cache_dir": "--cache-dir DIR", "download": "--download",
+               "model_name": "--model NAME"}
+REMEDIES = {
+    "weights_path": "pass a local file with {} (an OpenAI CLIP file such as ViT-L-14-336px.pt, or an open_clip "
+                    "checkpoint)",
+    "cache_dir": "point {} at a cache that holds them",
+    "download": "download them with {} (needs network access)",
+    "model_name": "name the architecture the file was saved from with {} (ViT-L-14-336 for ViT-L-14-336px.pt)",
+}
+
+
+class WeightsError(Exception):
+    """CLIP weights that cannot be had: what was looked for, what went wrong, how to provide them.
+
+    The message names the Python keywords (``weights_path=...``); :meth:`describe` phrases the
+    same advice for another caller, e.g. a command line with :data:`CLI_OPTIONS`.
+    """
+
+    def __init__(self, subject: str, problem: str, remedies: Sequence[str] = ("weights_path",)):
+        self.subject = subject
+        self.problem = problem
+        self.remedies = tuple(remedies)
+        super().__init__(self.describe(API_OPTIONS))
+
+    def describe(self, options: Mapping[str, str]) -> str:
+        """The message with each remedy spelled by ``options`` (remedies it lacks are left out)."""
+        steps = [REMEDIES[key].format(options[key]) for key in self.remedies if key in options]
+        advice = f" To fix it, {'; or '.join(steps)}." if steps else ""
+        return f"{self.subject}: {self.problem}.{advice}"
+
+    def __reduce__(self):
+        return type(self), (self.subject, self.problem, self.remedies)
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    """The requested CLIP weights are neither on disk nor in the cache, and were not downloaded."""
+
+
+class InvalidWeightsError(WeightsError, ValueError):
+    """A CLIP weights file exists but cannot be used: truncated, corrupt, or another architecture."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +94,10 @@ class BackboneConfig:
     ``activation`` is explicit because OpenAI weights were trained with QuickGELU while
     open_clip's plain configs build exact GELU; each method records the one its published
     numbers came from. ``pos_embed_interpolation`` likewise differs between the two methods.
+    ``download`` decides whether uncached pretrained weights are fetched: ``None`` only when a
+    quick connection check passes (no retry loops when offline), ``True`` always, ``False`` never.
+    It is a choice of the run, not of the model: :meth:`to_dict` leaves it out, so a checkpoint
+    never carries one machine's network setting to another.
     """
 
     model_name: str = "ViT-L-14-336"
@@ -55,7 +108,7 @@ class BackboneConfig:
     image_size: int = 518
     pos_embed_interpolation: str = "bilinear"
     cache_dir: Optional[str] = None
-    offline: bool = False
+    download: Optional[bool] = None
     random_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,9 +121,13 @@ class BackboneConfig:
             )
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.download not in (None, True, False):
+            raise ValueError(f"download must be None (automatic), True or False, got {self.download!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        del values["download"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "BackboneConfig":
@@ -101,25 +158,24 @@ def _unwrap_state_dict(checkpoint: object, path: str) -> Dict[str, torch.Tensor]
 def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
     """Read a CLIP weight file (OpenAI JIT archive / state dict, open_clip, or safetensors)."""
     if not os.path.isfile(path):
-        raise _missing_weights_file(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        raise WeightsNotFoundError(f"CLIP weights file {path}", "no such file")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return _unwrap_state_dict(load_file(path), path)
-    if _is_torchscript_archive(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            checkpoint = torch.jit.load(path, map_location="cpu")
-    else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    return _unwrap_state_dict(checkpoint, path)
-
-
-def _missing_weights_file(path: str) -> WeightsNotFoundError:
-    return WeightsNotFoundError(
-        f"CLIP weights file not found: {path}. Pass the path of an OpenAI CLIP file "
-        "(e.g. ViT-L-14-336px.pt) or an open_clip checkpoint."
-    )
+            return _unwrap_state_dict(load_file(path), path)
+        if _is_torchscript_archive(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                checkpoint = torch.jit.load(path, map_location="cpu")
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return _unwrap_state_dict(checkpoint, path)
+    except Exception as error:  # noqa: BLE001 - every reader failure means the same to the user
+        raise InvalidWeightsError(
+            f"CLIP weights file {path} ({os.path.getsize(path)} bytes)",
+            f"not readable as CLIP weights, maybe truncated by an interrupted download ({error})",
+        ) from error
 
 
 def _is_torchscript_archive(path: str) -> bool:
@@ -152,36 +208,89 @@ def _cached_pretrained_file(pretrained_cfg: dict, cache_dir: Optional[str]) -> O
     return None
 
 
+def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to ``url``'s host, or to the proxy that would carry the request,
+    opens within ``timeout`` seconds. It runs in a daemon thread, so a hanging name lookup
+    cannot hold the caller longer."""
+    parts = urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and host and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname, proxy_parts.port or (443 if proxy_parts.scheme == "https" else 80)
+    if not host:
+        return False
+    answered, reached = threading.Event(), []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+        answered.set()
+
+    threading.Thread(target=connect, daemon=True).start()
+    answered.wait(timeout)
+    return bool(reached)
+
+
+def _download_source(pretrained_cfg: dict) -> Tuple[str, str]:
+    """(description, URL) of where open_clip downloads a pretrained tag from."""
+    hub_entry = pretrained_cfg.get("hf_hub", "")
+    if hub_entry:
+        from huggingface_hub import constants
+
+        return f"Hugging Face repo {hub_entry.rstrip('/')}", constants.ENDPOINT
+    url = pretrained_cfg.get("url", "")
+    return url, url
+
+
+def _cache_locations(pretrained_cfg: dict, cache_dir: Optional[str]) -> str:
+    places = []
+    if pretrained_cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        places.append(cache_dir or constants.HF_HUB_CACHE)
+    if pretrained_cfg.get("url"):
+        places.append(cache_dir or os.path.expanduser("~/.cache/clip"))
+    return " and ".join(dict.fromkeys(places))
+
+
 def resolve_pretrained_file(model_name: str, tag: str, cache_dir: Optional[str] = None,
-                            offline: bool = False) -> str:
-    """Find (or download, when online) the weight file behind an open_clip pretrained tag."""
+                            download: Optional[bool] = None) -> str:
+    """The local file behind an open_clip pretrained tag: from the cache, else downloaded.
+
+    ``download=None`` downloads only when the download host answers :func:`can_reach` (so an
+    offline machine gets an answer in seconds, not after minutes of retries) and never when
+    ``HF_HUB_OFFLINE`` is set; ``True`` always tries; ``False`` never does.
+    """
     pretrained_cfg = open_clip.get_pretrained_cfg(model_name, tag)
     if not pretrained_cfg:
         known = open_clip.list_pretrained_tags_by_model(model_name)
-        raise WeightsNotFoundError(
-            f"open_clip knows no pretrained tag {tag!r} for {model_name}; known tags: {known}. "
-            "Pass a local weights file instead."
-        )
+        raise WeightsNotFoundError(f"pretrained tag {tag!r} of {model_name}",
+                                   f"open_clip knows no such tag; known tags: {known}")
     cached = _cached_pretrained_file(pretrained_cfg, cache_dir)
     if cached:
         return cached
-    offline = offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
-    hint = (
-        f"Provide the weights with --weights PATH (an OpenAI CLIP file such as ViT-L-14-336px.pt, "
-        f"or an open_clip checkpoint), or put them in the open_clip cache "
-        f"(hf_hub {pretrained_cfg.get('hf_hub') or pretrained_cfg.get('url')}) on a machine with "
-        "network access. For tests only, --random-init builds an untrained model."
-    )
-    if offline:
+    source, url = _download_source(pretrained_cfg)
+    subject = f"pretrained weights {model_name}/{tag} ({source})"
+    missing = f"not in the local cache ({_cache_locations(pretrained_cfg, cache_dir)})"
+    remedies = ("weights_path", "cache_dir", "download")
+    if download is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise WeightsNotFoundError(subject, f"{missing}, and HF_HUB_OFFLINE is set", remedies)
+    if download is None and not can_reach(url):
         raise WeightsNotFoundError(
-            f"Pretrained weights {model_name}/{tag} are not in the local cache and offline mode is on. {hint}"
-        )
+            subject, f"{missing}, and {urlsplit(url).hostname} could not be reached within {PROBE_TIMEOUT_S:g} s",
+            remedies)
+    if download is False:
+        raise WeightsNotFoundError(subject, f"{missing}, and downloading is off", remedies)
+    logger.info("Downloading %s", subject)
     try:
         return open_clip.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
     except Exception as error:  # noqa: BLE001 - every failure gets the same actionable message
-        raise WeightsNotFoundError(
-            f"Could not download pretrained weights {model_name}/{tag}: {error}. {hint}"
-        ) from error
+        raise WeightsNotFoundError(subject, f"{missing}, and the download failed: {error}",
+                                   ("weights_path", "cache_dir")) from error
 
 
 def build_clip_model(config: BackboneConfig) -> nn.Module:
@@ -191,16 +300,17 @@ def build_clip_model(config: BackboneConfig) -> nn.Module:
     if config.weights_path:
         weights_file = config.weights_path
         if not os.path.isfile(weights_file):
-            raise _missing_weights_file(weights_file)
+            raise WeightsNotFoundError(f"CLIP weights file {weights_file}", "no such file")
     elif config.random_init:
         weights_file = None
     elif config.pretrained:
         weights_file = resolve_pretrained_file(config.model_name, config.pretrained, config.cache_dir,
-                                               config.offline)
+                                               config.download)
     else:
         raise WeightsNotFoundError(
-            "No CLIP weights requested: give a pretrained tag, a weights file, or ask for random_init explicitly."
-        )
+            f"CLIP weights of {config.model_name}",
+            "none requested: give a pretrained tag or a weights file (random_init=True builds an untrained "
+            "backbone, for tests only)")
     with torch.random.fork_rng(devices=[]):
         # seeded so that a random backbone, and any checkpoint trained on it, can be rebuilt exactly
         torch.manual_seed(config.random_seed)
@@ -226,17 +336,16 @@ def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source:
         if k in own and tuple(v.shape) != tuple(own[k].shape) and k != "visual.positional_embedding"
     ]
     if missing or mismatched:
-        raise ValueError(
-            f"Weights in {source} do not fit this architecture. Missing keys: {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}; shape mismatches: {mismatched[:8]}. "
-            "Check --model (e.g. ViT-L-14-336 for ViT-L-14-336px.pt)."
-        )
+        raise InvalidWeightsError(
+            f"CLIP weights file {source}",
+            f"does not fit this architecture. Missing keys: {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+            f"shape mismatches: {mismatched[:8]}", ("model_name", "weights_path"))
     pos_key = "visual.positional_embedding"
     if pos_key in state_dict and state_dict[pos_key].shape != own[pos_key].shape:
-        raise ValueError(
-            f"{source}: visual positional embedding {tuple(state_dict[pos_key].shape)} does not fit "
-            f"{tuple(own[pos_key].shape)}; resizing happens at run time, load the native-size weights."
-        )
+        raise InvalidWeightsError(
+            f"CLIP weights file {source}",
+            f"visual positional embedding {tuple(state_dict[pos_key].shape)} does not fit "
+            f"{tuple(own[pos_key].shape)}; resizing happens at run time, load the native-size weights")
     ignored = [k for k in state_dict if k not in own]
     model.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=True)
     return ignored

@@ -6,6 +6,10 @@ high-bit-depth scans (16-bit PNG/TIFF, float TIFF) are scaled to 0..255 -- by th
 range by default, or by their own min/max. Masks become boolean arrays: any non-zero value of a
 lossless file is foreground; JPEG masks are thresholded at half range so compression noise
 around the object does not count.
+
+Huge files are decoded in full (the reference resizes the full image, so do we) up to PIL's
+decompression-bomb guard, ``PIL.Image.MAX_IMAGE_PIXELS``: beyond twice that many pixels a file
+is refused with an error that says how to lift the guard for trusted data.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ def open_image(path: PathLike, role: str = "image") -> Image.Image:
             return image.copy()
     except FileNotFoundError as error:
         raise UnreadableImageError(f"{role} file not found: {path}") from error
+    except Image.DecompressionBombError as error:
+        raise UnreadableImageError(
+            f"{role} {path} is refused by PIL's decompression-bomb guard ({error}); if the file is trusted, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS (None lifts the limit)") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UnreadableImageError(f"cannot read {role} {path}: {error}") from error
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
+from ..files import atomic_path
 from .detector import AnomalyDetector
 from .registry import METHODS, find_method
 
@@ -25,18 +25,11 @@ FORMAT_VERSION = 1
 
 
 def atomic_save(payload: Any, path: str | os.PathLike) -> Path:
-    """Write with ``torch.save`` to a temporary file in the same folder, then rename over ``path``,
-    so an interrupted run never leaves a truncated checkpoint behind."""
+    """``torch.save`` through :func:`anomaly_clip.files.atomic_path`: an interrupted run or a full
+    disk never leaves a truncated checkpoint under ``path`` (an earlier file there stays intact)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 

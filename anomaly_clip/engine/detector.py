@@ -79,7 +79,27 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
 
     @abstractmethod
     def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
-        """Score a batch of preprocessed images (B, 3, S, S)."""
+        """Score a batch of preprocessed images (B, 3, S, S), S = :attr:`image_size`.
+
+        Scores rank images and maps rank pixels *within one method*: their scales differ between
+        methods (AnomalyCLIP maps lie in [0, number of layers], AA-CLIP maps are unbounded and
+        often negative), so compare or threshold them only against outputs of the same model.
+        Implementations start with :meth:`check_images`.
+        """
+
+    def check_images(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> None:
+        """Reject a batch ``predict`` would score wrongly or fail on deep inside: anything but a
+        float (B, 3, S, S) tensor at the model's own size, or class names of another count."""
+        size = self.image_size
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a tensor of shape (B, 3, {size}, {size}), got {type(images).__name__}")
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size) or not images.is_floating_point():
+            raise ValueError(
+                f"expected preprocessed images of shape (B, 3, {size}, {size}) (float, CLIP-normalised), got "
+                f"{tuple(images.shape)} {images.dtype}; load files with predict_paths() or "
+                f"anomaly_clip.data.load_image(path, {size})")
+        if class_names is not None and len(class_names) != images.shape[0]:
+            raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
 
     def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
                            map_floors: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..clip.backbone import RANDOM_WEIGHTS_WARNING
+from ..files import atomic_path
 from .detector import AnomalyDetector
 from ..metrics import AnomalyEvaluator, MetricsReport
 from .precision import autocast
@@ -43,9 +45,11 @@ class PredictionWriter:
         written = []
         for name, record in self.records.items():
             path = self.directory / f"{_safe_name(name)}.npz"
-            np.savez(path, paths=np.array(record["paths"]), labels=np.array(record["labels"], dtype=np.int64),
-                     scores=np.array(record["scores"], dtype=np.float32),
-                     maps=np.stack(record["maps"]).astype(np.float32))
+            with atomic_path(path) as temporary:
+                np.savez(temporary, paths=np.array(record["paths"]),
+                         labels=np.array(record["labels"], dtype=np.int64),
+                         scores=np.array(record["scores"], dtype=np.float32),
+                         maps=np.stack(record["maps"]).astype(np.float32))
             written.append(path)
         logger.info("Wrote predictions of %d classes to %s", len(written), self.directory)
         return written
@@ -91,7 +95,8 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
     """Run ``detector`` over ``dataset`` in batches and compute per-class metrics.
 
     Predictions stay on the device until they are handed to the metric accumulator, which keeps
-    one compact host copy per class (see :class:`anomaly_clip.metrics.AnomalyEvaluator`).
+    one compact host copy per class (see :class:`anomaly_clip.metrics.AnomalyEvaluator`). The
+    report of a random (untrained) backbone carries a caveat that every table repeats.
     """
     if metrics not in METRIC_LEVELS:
         raise ValueError(f"metrics must be one of {METRIC_LEVELS}, got {metrics!r}")
@@ -120,4 +125,7 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
             write_visualizations(Path(visualize), list(batch["path"]), class_names, masks, prediction.maps)
     if writer is not None:
         writer.write()
-    return evaluator.compute()
+    report = evaluator.compute()
+    if detector.backbone.config.random_init:
+        report.caveat = RANDOM_WEIGHTS_WARNING
+    return report

@@ -36,7 +36,12 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image_size", "--img_size", dest="image_size", type=int, default=None,
                        help="input resolution (default 518)")
     group.add_argument("--cache-dir", default=None, help="open_clip/Hugging Face cache folder for pretrained tags")
-    group.add_argument("--offline", action="store_true", help="never download weights; use local files/cache only")
+    network = group.add_mutually_exclusive_group()
+    network.add_argument("--offline", dest="download", action="store_false", default=None,
+                         help="never download weights; use local files/cache only")
+    network.add_argument("--download", dest="download", action="store_true", default=None,
+                         help="download uncached pretrained weights even if the quick connection check fails "
+                              "(default: download only when the hub answers)")
     group.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (CUDA when present)")
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
@@ -53,8 +58,8 @@ def backbone_config_from_args(args: argparse.Namespace, base: BackboneConfig) ->
         config = replace(config, weights_path=args.weights, random_init=False)
     if args.random_init:
         config = replace(config, random_init=True, weights_path=None)
-    if args.offline:
-        config = replace(config, offline=True)
+    if args.download is not None:
+        config = replace(config, download=args.download)
     return config
 
 

@@ -88,7 +88,9 @@ class AnomalyEvaluator:
         class_names = list(class_names)
         count = len(class_names)
         labels = as_binary(torch.as_tensor(labels), "labels").reshape(-1)
-        scores = as_scores(torch.as_tensor(scores))
+        scores = torch.as_tensor(scores)
+        _check_finite_by_class(scores, class_names, "image scores")
+        scores = as_scores(scores)
         if labels.numel() != count or scores.numel() != count:
             raise ValueError(f"{count} class names but {labels.numel()} labels and {scores.numel()} scores")
         if self.pixel_level:
@@ -98,7 +100,7 @@ class AnomalyEvaluator:
             masks = as_binary(masks, "masks").reshape(maps.shape)
             if maps.shape[0] != count:
                 raise ValueError(f"{count} class names but {maps.shape[0]} maps")
-            check_finite(maps, "maps")
+            _check_finite_by_class(maps, class_names, "maps")
         if self.class_score_transform is not None:
             if maps is None:
                 raise ValueError("class_score_transform needs the maps of every batch")
@@ -147,6 +149,23 @@ class AnomalyEvaluator:
             values.update(pixel_auroc=pixel.auroc, pixel_ap=pixel.average_precision, pixel_f1_max=pixel.f1_max,
                           pixel_aupro=pixel.aupro)
         return ClassMetrics(name, labels.numel(), int(labels.sum()), **values)
+
+
+def _check_finite_by_class(values: Tensor, class_names: Sequence[str], what: str) -> None:
+    """NaN or infinity makes the metrics of a class undefined, so it is an error naming the
+    classes hit; one reduction when all is well, the culprits are looked up only when not."""
+    if not values.numel() or values.is_complex() or values.dtype == torch.bool:
+        return
+    try:
+        check_finite(values, what)
+    except ValueError:
+        if values.shape[0] != len(class_names):
+            raise
+        hit = (~torch.isfinite(values.reshape(len(class_names), -1))).any(dim=1).tolist()
+        classes = ", ".join(repr(name) for name in dict.fromkeys(n for n, bad in zip(class_names, hit) if bad))
+        raise ValueError(f"{what} of class {classes} contain NaN or infinite values ({sum(hit)} of {len(hit)} "
+                         "images in this batch); metrics are undefined for them (a diverged model, or float16 "
+                         "overflow under mixed precision?)") from None
 
 
 def _take(values: Tensor, index: List[int]) -> Tensor:

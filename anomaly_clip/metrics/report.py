@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from tabulate import tabulate
 
+from ..files import atomic_paths
 from .pro import AUPRO_DEFINITIONS
 from .ranking import is_applicable
 
@@ -41,7 +42,12 @@ class ClassMetrics:
 
 @dataclass
 class MetricsReport:
-    """Per-class rows plus their mean (over the classes where a metric applies)."""
+    """Per-class rows plus their mean (over the classes where a metric applies).
+
+    ``caveat``, when set, is a warning that holds for every number (e.g. an untrained backbone):
+    it heads the markdown table and fills a ``warning`` column of the CSV and a key of the JSON,
+    so no copy of the numbers travels without it.
+    """
 
     rows: List[ClassMetrics]
     metrics: str = "image-pixel-level"
@@ -49,6 +55,7 @@ class MetricsReport:
     fpr_limit: float = 0.3
     num_thresholds: int = 200
     settings: Dict[str, Any] = field(default_factory=dict)
+    caveat: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.metrics not in LEVELS:
@@ -80,7 +87,8 @@ class MetricsReport:
                                      "anomalous_images": row.num_anomalous_images}
             entry.update({label: _or_none(getattr(row, name)) for name, label in self.columns})
             classes.append(entry)
-        content: Dict[str, Any] = {"metrics": self.metrics}
+        content: Dict[str, Any] = {"warning": self.caveat} if self.caveat else {}
+        content["metrics"] = self.metrics
         if self.has_pixel_metrics:
             content["aupro"] = {"definition": self.aupro_definition, "fpr_limit": self.fpr_limit,
                                 "description": self.aupro_description()}
@@ -103,32 +111,39 @@ class MetricsReport:
         body.append(["mean"] + [_percent(value) for value in self.mean().values()])
         table = tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True,
                          colalign=["left"] + ["right"] * len(self.columns))
-        lines = []
+        lines = [f"WARNING: {self.caveat}"] if self.caveat else []
         if self.has_pixel_metrics:
             lines.append(f"AUPRO: {self.aupro_definition} ({self.aupro_description()})")
         lines.append(f"Values in %; {NOT_APPLICABLE_TEXT} = not applicable (one label only), skipped by the mean.")
         return "\n".join(lines + ["", table])
 
     def save(self, directory: str | Path, settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
-        """Write ``results.json`` (settings, rows, mean), ``results.csv`` and ``results.md`` to ``directory``."""
+        """Write ``results.json`` (settings, rows, mean), ``results.csv`` and ``results.md`` to
+        ``directory``, all or none: an interrupted or failed save leaves earlier files as they were."""
         if settings is not None:
             self.settings = dict(settings)
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         paths = {"json": directory / "results.json", "csv": directory / "results.csv",
                  "markdown": directory / "results.md"}
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        with paths["csv"].open("w", newline="") as handle:
+        with atomic_paths(paths.values()) as temporary:
+            temporary[paths["json"]].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+            self._write_csv(temporary[paths["csv"]])
+            temporary[paths["markdown"]].write_text(self.to_markdown() + "\n")
+        return paths
+
+    def _write_csv(self, path: Path) -> None:
+        """Fractions at full precision; a ``warning`` column carries the caveat on every row."""
+        warning = [self.caveat] if self.caveat else []
+        with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["class", "images", "anomalous_images"] + [label for _, label in self.columns])
+            writer.writerow(["class", "images", "anomalous_images"] + [label for _, label in self.columns]
+                            + (["warning"] if self.caveat else []))
             for row in self.rows:
                 writer.writerow([row.name, row.num_images, row.num_anomalous_images]
-                                + [_csv_value(getattr(row, name)) for name, _ in self.columns])
+                                + [_csv_value(getattr(row, name)) for name, _ in self.columns] + warning)
             writer.writerow(["mean", sum(r.num_images for r in self.rows),
                              sum(r.num_anomalous_images for r in self.rows)]
-                            + [_csv_value(v) for v in self.mean().values()])
-        paths["markdown"].write_text(self.to_markdown() + "\n")
-        return paths
+                            + [_csv_value(v) for v in self.mean().values()] + warning)
 
 
 def _or_none(value: Optional[float]) -> Optional[float]:

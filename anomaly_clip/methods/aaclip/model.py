@@ -258,7 +258,10 @@ class AdaptedImageDetector(AnomalyDetector):
         return domain
 
     def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
-        """Detection scores (B,) and summed blurred level maps (B, S, S) for a batch."""
+        """Detection scores (B,) ``(det . t_abnormal + 1) / 2``, about [0, 1]; maps (B, S, S) summed
+        over levels of the blurred ``(100 cos_abnormal + 1 - 100 cos_normal) / 2``: unbounded and
+        often negative, on another scale than AnomalyCLIP's maps."""
+        self.check_images(images, class_names)
         images = images.to(self.device)
         with torch.no_grad():
             patch_features, detection = self.encode_image_features(images)

@@ -81,6 +81,9 @@ class AnomalyCLIP(AnomalyDetector):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+        """Scores (B,) = abnormal probability in [0, 1]; maps (B, S, S) = per-layer
+        ``(p_abnormal + 1 - p_normal) / 2`` summed over ``features_list``, so in [0, layers]."""
+        self.check_images(images, class_names)
         features = self.image_features(images)
         text_rows = self._text_rows(self.text_features(), class_names, images.shape[0])
         scores = self.image_logits(features["global"], text_rows).softmax(dim=-1)[:, 1]
