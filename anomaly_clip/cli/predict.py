@@ -32,7 +32,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class_name", default=None,
                         help="object name for AA-CLIP's text anchors (e.g. 'screw'); AnomalyCLIP ignores it")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
-    parser.add_argument("--num_workers", type=int, default=2, help="image-reading worker processes")
     add_backbone_arguments(parser)
 
 
@@ -62,6 +61,7 @@ def build_predict_parser(method: str) -> argparse.ArgumentParser:
                         help="image files, folders (searched recursively) or glob patterns ('parts/**/*.png')")
     parser.add_argument("--save_path", default="./predictions", help="output folder (predictions.csv, maps/, overlays/)")
     add_model_arguments(parser)
+    parser.add_argument("--num_workers", type=int, default=2, help="image-reading worker processes")
     parser.add_argument("--image_threshold", type=float, default=None,
                         help="label 1 when score >= this (overrides the stored calibration)")
     parser.add_argument("--pixel_threshold", type=float, default=None,

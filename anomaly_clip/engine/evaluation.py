@@ -82,18 +82,23 @@ def heatmap_overlay(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray
 def prediction_panel(image: np.ndarray, anomaly_map: np.ndarray, value_range: Tuple[float, float],
                      mask: Optional[np.ndarray], caption: str) -> np.ndarray:
     """RGB panel for one's own images: image | map overlay on a shared colour scale | predicted
-    mask outlined on the image (no outline without a pixel threshold), under a caption strip."""
+    mask outlined on the image (no outline without a pixel threshold), under a caption strip
+    (one line per ``' | '``-separated part)."""
     outlined = image.copy()
     thickness = max(1, round(max(image.shape[:2]) / 256))
     if mask is not None:
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(outlined, contours, -1, (255, 0, 0), thickness)
     panel = np.concatenate([image, blend(image, colourize(anomaly_map, value_range)), outlined], axis=1)
-    scale = max(0.3, panel.shape[1] / 1600)
+    lines = caption.split(" | ")
+    widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0] for line in lines)
+    scale = min(max(0.3, panel.shape[1] / 1600), (panel.shape[1] - 8) / widest)
     (_, text_height), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    strip = np.zeros((text_height + baseline + 8, panel.shape[1], 3), dtype=np.uint8)
-    cv2.putText(strip, caption, (4, text_height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    step = text_height + baseline + 4
+    strip = np.zeros((step * len(lines) + 4, panel.shape[1], 3), dtype=np.uint8)
+    for number, line in enumerate(lines):
+        cv2.putText(strip, line, (4, step * number + text_height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
     return np.concatenate([strip, panel], axis=0)
 
 
