@@ -11,6 +11,10 @@ from .errors import DEBUG_ENV, DEBUG_FLAG, run_guarded
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "train": ("train", "train_main", "train a method's prompts/adapters on a dataset (same flags as train.py)"),
     "test": ("test", "test_main", "evaluate a checkpoint on a dataset: per-class metrics (same flags as test.py)"),
+    "predict": ("predict", "predict_main", "score your own images (files, folders, globs): predictions.csv, "
+                "maps at original resolution, overlays"),
+    "calibrate": ("calibrate", "calibrate_main", "image and pixel thresholds from a labelled set or normal images, "
+                  "stored beside the checkpoint"),
     "demo": ("demo", "demo_main", "synthetic data -> train -> zero-shot table and heatmaps, in one command"),
     "summarize": ("summarize", "summarize_main", "one table from several test.py result folders; --compare "
                   "adds the published numbers"),

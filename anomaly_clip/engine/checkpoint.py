@@ -15,6 +15,7 @@ import torch
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
 from ..files import atomic_path
+from .calibration import attach_calibration, sidecar_path
 from .detector import AnomalyDetector
 from .registry import METHODS, find_method
 
@@ -96,14 +97,16 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
          backbone_config: Optional[BackboneConfig] = None, method_config: Optional[dict] = None,
          backbone: Optional[CLIPBackbone] = None,
          configure_backbone: Optional[Callable[[BackboneConfig], BackboneConfig]] = None,
-         **backbone_overrides: Any) -> AnomalyDetector:
+         calibration: Optional[str | os.PathLike] = None, **backbone_overrides: Any) -> AnomalyDetector:
     """Load a trained detector from our checkpoint or from an official checkpoint.
 
     Official files carry no configuration: the method's defaults (reference settings) are
     used, updated by ``method_config``. The backbone config is ``backbone_config`` if given,
     else the checkpoint's (or the method default), passed through ``configure_backbone`` and
     updated by keyword overrides (e.g. ``weights_path=..., image_size=...``). A ready
-    ``backbone`` may be passed to share one across detectors.
+    ``backbone`` may be passed to share one across detectors. The thresholds in ``calibration``
+    (a calibration JSON), else in the sidecar ``<checkpoint>.calibration.json`` when present,
+    become ``detector.calibration``.
     """
     method, payload, own = identify_checkpoint(checkpoint)
     cls = find_method(method).detector
@@ -126,6 +129,9 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
         detector.load_official_checkpoint(payload)
     detector.eval()
     logger.info("Loaded %s detector from %s", method, checkpoint)
+    sidecar = Path(calibration) if calibration is not None else sidecar_path(checkpoint)
+    if calibration is not None or sidecar.is_file():
+        attach_calibration(detector, sidecar)
     return detector
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Type, Union
 
 import torch
 from torch import nn
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone
-from ..data.dataset import load_image
+from .calibration import Calibration
+from .inference import predict_files, raise_for_errors
 
 def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
     """Identity of the parameters' current values: it changes with every in-place update
@@ -42,13 +43,22 @@ class MethodConfig:
 
 @dataclass
 class Prediction:
-    """Image-level scores (B,) and pixel-level anomaly maps (B, H, W), both float32."""
+    """Image-level scores (B,) and pixel-level anomaly maps (B, H, W), both float32; maps at
+    each image's original resolution are a list of (H_i, W_i) tensors."""
 
     scores: torch.Tensor
-    maps: torch.Tensor
+    maps: Union[torch.Tensor, List[torch.Tensor]]
 
     def __iter__(self):
         return iter((self.scores, self.maps))
+
+
+@dataclass
+class Decision:
+    """Normal (False) / anomalous (True) per image, and per pixel; None where no threshold is known."""
+
+    labels: Optional[torch.Tensor]
+    masks: Optional[Union[torch.Tensor, List[torch.Tensor]]]
 
 
 class AnomalyDetector(nn.Module, metaclass=ABCMeta):
@@ -58,6 +68,7 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     mask_interpolation: ClassVar[str] = "bilinear"
     final_stage: ClassVar[str] = ""  # training stage whose checkpoints hold the finished model
+    calibration: Optional[Calibration] = None  # thresholds and score statistics; load() reads the sidecar
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()
@@ -108,19 +119,58 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
         fuses scores over a whole class overrides this; by default the scores are used as they are."""
         return scores
 
+    def score_statistics(self, scores: torch.Tensor, map_peaks: torch.Tensor,
+                         map_floors: torch.Tensor) -> Dict[str, float]:
+        """Constants that :meth:`image_scores` needs, measured once on calibration images (their
+        raw scores and map maxima / minima) and stored with the calibration. None by default."""
+        return {}
+
+    def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
+                     statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
+        """Decision score of each image from its own outputs and fixed ``statistics`` only, so it
+        never depends on the other images of a batch or folder (unlike :meth:`class_image_scores`,
+        an evaluation protocol). By default the raw score."""
+        return scores
+
     @torch.no_grad()
     def predict_paths(self, paths: Sequence[str], class_names: Optional[Sequence[str]] = None,
-                      batch_size: int = 8) -> Prediction:
-        """Score image files (any size, grayscale/RGBA/16-bit accepted) with the model's transform."""
-        scores, maps = [], []
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            images = torch.stack([load_image(p, self.image_size) for p in chunk]).to(self.device)
-            names = class_names[start:start + batch_size] if class_names is not None else None
-            prediction = self.predict(images, names)
-            scores.append(prediction.scores)
-            maps.append(prediction.maps)
-        return Prediction(scores=torch.cat(scores), maps=torch.cat(maps))
+                      batch_size: int = 8, original_size: bool = False, num_workers: int = 0,
+                      precision: str = "fp32") -> Prediction:
+        """Score image files (any size, grayscale/RGBA/16-bit accepted) with the model's transform.
+
+        Scores are the per-image decision scores (:meth:`image_scores`, with the calibration's
+        statistics); maps are (N, S, S) at model resolution, or with ``original_size`` a list of
+        maps at each image's own resolution. An unreadable file raises, naming every such file.
+        """
+        results = predict_files(self, paths, class_names=class_names, batch_size=batch_size,
+                                num_workers=num_workers, precision=precision, original_size=original_size,
+                                keep_maps=True, progress=False)
+        raise_for_errors(results)
+        scores = torch.tensor([r.score for r in results], dtype=torch.float32, device=self.device)
+        maps = [r.map for r in results]
+        return Prediction(scores=scores, maps=maps if original_size else torch.stack(maps))
+
+    def decide(self, prediction: Prediction, image_threshold: Optional[float] = None,
+               pixel_threshold: Optional[float] = None) -> Decision:
+        """Labels ``score >= image threshold`` and masks ``map >= pixel threshold``; thresholds not
+        given come from :attr:`calibration` (None where neither is known)."""
+        image_threshold, pixel_threshold = self.thresholds(image_threshold, pixel_threshold)
+        labels = prediction.scores >= image_threshold if image_threshold is not None else None
+        masks = None
+        if pixel_threshold is not None:
+            maps = prediction.maps
+            masks = [m >= pixel_threshold for m in maps] if isinstance(maps, list) else maps >= pixel_threshold
+        return Decision(labels=labels, masks=masks)
+
+    def thresholds(self, image_threshold: Optional[float] = None,
+                   pixel_threshold: Optional[float] = None) -> tuple:
+        """(image, pixel) thresholds: the given ones, else the calibration's, else None."""
+        calibration = self.calibration
+        if image_threshold is None and calibration is not None:
+            image_threshold = calibration.image_threshold
+        if pixel_threshold is None and calibration is not None:
+            pixel_threshold = calibration.pixel_threshold
+        return image_threshold, pixel_threshold
 
     def trainable_state_dict(self) -> Dict[str, Any]:
         """State of the learnt parts only (the backbone is frozen and never stored)."""

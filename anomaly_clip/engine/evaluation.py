@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -59,18 +59,51 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def heatmap_overlay(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
+def colourize(anomaly_map: np.ndarray, value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
+    """(H, W, 3) uint8 JET colours of a map: ``value_range`` fixes the scale shared by many images
+    (values outside it saturate); without it the map is min-max scaled on its own."""
+    low, high = value_range if value_range is not None else (float(anomaly_map.min()), float(anomaly_map.max()))
+    span = high - low
+    scaled = np.clip((anomaly_map - low) / span, 0.0, 1.0) if span > 0 else np.zeros_like(anomaly_map)
+    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+
+
+def blend(image: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    return (0.5 * image + 0.5 * colour).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray,
+                    value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
     """Side-by-side RGB panel: image | ground-truth mask | anomaly map blended over the image.
 
     ``image`` (H, W, 3) uint8, ``mask`` (H, W) in {0, 1}, ``anomaly_map`` (H, W) float; the map
-    is min-max scaled per image for display only.
+    is min-max scaled per image for display unless ``value_range`` is given.
     """
-    span = float(anomaly_map.max() - anomaly_map.min())
-    scaled = (anomaly_map - anomaly_map.min()) / span if span > 0 else np.zeros_like(anomaly_map)
-    colour = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-    blended = (0.5 * image + 0.5 * colour).astype(np.uint8)
     mask_rgb = np.repeat((mask > 0.5).astype(np.uint8)[..., None] * 255, 3, axis=2)
-    return np.concatenate([image, mask_rgb, blended], axis=1)
+    return np.concatenate([image, mask_rgb, blend(image, colourize(anomaly_map, value_range))], axis=1)
+
+
+def prediction_panel(image: np.ndarray, anomaly_map: np.ndarray, value_range: Tuple[float, float],
+                     mask: Optional[np.ndarray], caption: str) -> np.ndarray:
+    """RGB panel for one's own images: image | map overlay on a shared colour scale | predicted
+    mask outlined on the image (no outline without a pixel threshold), under a caption strip
+    (one line per ``' | '``-separated part)."""
+    outlined = image.copy()
+    thickness = max(1, round(max(image.shape[:2]) / 256))
+    if mask is not None:
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(outlined, contours, -1, (255, 0, 0), thickness)
+    panel = np.concatenate([image, blend(image, colourize(anomaly_map, value_range)), outlined], axis=1)
+    lines = caption.split(" | ")
+    widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0] for line in lines)
+    scale = min(max(0.3, panel.shape[1] / 1600), (panel.shape[1] - 8) / widest)
+    (_, text_height), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    step = text_height + baseline + 4
+    strip = np.zeros((step * len(lines) + 4, panel.shape[1], 3), dtype=np.uint8)
+    for number, line in enumerate(lines):
+        cv2.putText(strip, line, (4, step * number + text_height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return np.concatenate([strip, panel], axis=0)
 
 
 def write_visualizations(directory: Path, paths: List[str], class_names: List[str], masks: torch.Tensor,

@@ -63,9 +63,10 @@ def backbone_config_from_args(args: argparse.Namespace, base: BackboneConfig) ->
     return config
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, path_flag: str, split_default: str) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, path_flag: str, split_default: str,
+                       required: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument(path_flag, required=True, help="dataset root holding its metadata file")
+    group.add_argument(path_flag, required=required, help="dataset root holding its metadata file")
     group.add_argument("--dataset", default=None,
                        help="dataset name (used for reports and, for AA-CLIP, class descriptions and blur)")
     group.add_argument("--split", default=split_default,

@@ -10,7 +10,7 @@ from .ordering import DEFAULT_BLOCK_SIZE
 from .pixel import PixelMetrics, pixel_metrics
 from .pro import AUPRO_DEFINITIONS, AuproDefinition, aupro, get_aupro_definition, register_aupro
 from .ranking import (PositiveGroups, RankingMetrics, binary_auroc, binary_average_precision, binary_f1_max,
-                      binary_ranking_metrics, is_applicable)
+                      binary_f1_max_threshold, binary_ranking_metrics, is_applicable)
 from .regions import LabelledMaps, Regions, label_regions
 from .report import ClassMetrics, MetricsReport
 
@@ -18,6 +18,6 @@ __all__ = [
     "AUPRO_DEFINITIONS", "AnomalyEvaluator", "AuproDefinition", "ClassMetrics", "DEFAULT_BLOCK_SIZE",
     "LabelledMaps", "METRIC_SETS", "MetricsReport", "PixelMetrics", "PositiveGroups", "RankingMetrics", "Regions",
     "aupro",
-    "binary_auroc", "binary_average_precision", "binary_f1_max", "binary_ranking_metrics",
+    "binary_auroc", "binary_average_precision", "binary_f1_max", "binary_f1_max_threshold", "binary_ranking_metrics",
     "get_aupro_definition", "is_applicable", "label_regions", "pixel_metrics", "register_aupro",
 ]

@@ -12,13 +12,15 @@ from .regions import LabelledMaps
 
 @dataclass(frozen=True)
 class PixelMetrics:
-    """Pixel AUROC, AP, F1-max and AUPRO of one class (NaN when not applicable)."""
+    """Pixel AUROC, AP, F1-max and AUPRO of one class (NaN when not applicable); pixels scoring
+    ``>= f1_threshold`` give the F1-max segmentation."""
 
     auroc: float
     average_precision: float
     f1_max: float
     aupro: float
     aupro_definition: str
+    f1_threshold: float = float("nan")
 
 
 def pixel_metrics(maps: TensorOrChunks, masks: TensorOrChunks, aupro: str = "compat",
@@ -38,4 +40,4 @@ def pixel_metrics(maps: TensorOrChunks, masks: TensorOrChunks, aupro: str = "com
         return PixelMetrics(NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE, definition.name)
     ranked = ranking_metrics(data.groups())
     return PixelMetrics(ranked.auroc, ranked.average_precision, ranked.f1_max,
-                        definition.compute(data, fpr_limit, num_thresholds), definition.name)
+                        definition.compute(data, fpr_limit, num_thresholds), definition.name, ranked.f1_threshold)

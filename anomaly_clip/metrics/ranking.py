@@ -8,7 +8,8 @@ or above it (``P`` positives and ``N`` negatives in all):
 * AUROC = ``sum(p * (2 (N - fp) + n)) / (2 P N)``: the trapezoid area of ``roc_auc_score``
   (Mann-Whitney with ties counted half), in exact integer arithmetic;
 * AP = ``sum(p / P * tp / (tp + fp))``: the step sum of ``average_precision_score``;
-* F1-max = ``max(2 tp / (tp + fp + P))``: the best F1 on the precision-recall curve.
+* F1-max = ``max(2 tp / (tp + fp + P))``: the best F1 on the precision-recall curve, reached by
+  calling anomalous every item scoring at or above its group's score (the F1-max threshold).
 
 A score set whose labels are all equal has none of them: NaN ("not applicable"), never 0.5.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -29,17 +30,22 @@ NOT_APPLICABLE = float("nan")
 
 @dataclass(frozen=True)
 class RankingMetrics:
-    """AUROC, average precision and F1-max of one ranking (NaN when not applicable)."""
+    """AUROC, average precision and F1-max of one ranking (NaN when not applicable), with the
+    threshold reaching F1-max: items scoring ``>= f1_threshold`` are called positive (the highest
+    such score when several thresholds tie)."""
 
     auroc: float
     average_precision: float
     f1_max: float
+    f1_threshold: float = float("nan")
 
 
 @dataclass(frozen=True)
 class PositiveGroups:
     """The distinct scores of the positive items, highest first, with the counts ranking metrics need."""
 
+    scores: Tensor
+    """float [G]: the groups' scores, descending."""
     positives: Tensor
     """int64 [G]: positives scoring exactly the group's score."""
     negatives: Tensor
@@ -73,7 +79,8 @@ def positive_groups(chunks: Sequence[Tensor], positive_index: Tensor, positive_w
     total = sum(chunk.numel() for chunk in chunks)
     if positive_index.numel() == 0:
         empty = torch.zeros(0, dtype=torch.int64, device=chunks[0].device)
-        return PositiveGroups(empty, empty, empty, None if positive_weights is None else empty.double(), 0, total)
+        return PositiveGroups(empty.to(dtype), empty, empty, empty, None if positive_weights is None else empty.double(),
+                              0, total)
     scores = _take_flat(chunks, positive_index, dtype)
     scores, order = torch.sort(scores, descending=True)
     last = torch.ones_like(scores, dtype=torch.bool)
@@ -87,7 +94,7 @@ def positive_groups(chunks: Sequence[Tensor], positive_index: Tensor, positive_w
         summed = positive_weights.to(scores.device, torch.float64)[order].cumsum(0)[ends]
         weights = torch.diff(summed, prepend=summed.new_zeros(1))
     num_positives = int(positive_index.numel())
-    return PositiveGroups(positives=positives, negatives=equal - positives,
+    return PositiveGroups(scores=scores[ends], positives=positives, negatives=equal - positives,
                           negatives_above=greater - (through - positives), weights=weights,
                           num_positives=num_positives, num_negatives=total - num_positives)
 
@@ -96,14 +103,16 @@ def ranking_metrics(groups: PositiveGroups) -> RankingMetrics:
     """AUROC, AP and F1-max from the positive groups of a ranking."""
     num_positives, num_negatives = groups.num_positives, groups.num_negatives
     if num_positives == 0 or num_negatives == 0:
-        return RankingMetrics(NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE)
+        return RankingMetrics(NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE, NOT_APPLICABLE)
     tp, fp = groups.true_positives, groups.false_positives
     twice_area = int((groups.positives * (2 * (num_negatives - fp) + groups.negatives)).sum())
     predicted = (tp + fp).double()
     precision_sum = float((groups.positives.double() * tp / predicted).sum())
     f1 = 2.0 * tp.double() / (predicted + num_positives)
+    best = int(f1.argmax())
     return RankingMetrics(auroc=twice_area / (2 * num_positives * num_negatives),
-                          average_precision=precision_sum / num_positives, f1_max=float(f1.max()))
+                          average_precision=precision_sum / num_positives, f1_max=float(f1[best]),
+                          f1_threshold=float(groups.scores[best]))
 
 
 def binary_ranking_metrics(scores: Tensor, labels: Tensor, block_size: int = DEFAULT_BLOCK_SIZE) -> RankingMetrics:
@@ -133,6 +142,13 @@ def binary_average_precision(scores: Tensor, labels: Tensor) -> float:
 def binary_f1_max(scores: Tensor, labels: Tensor) -> float:
     """Best F1 over all thresholds of the precision-recall curve; NaN if one class is absent."""
     return binary_ranking_metrics(scores, labels).f1_max
+
+
+def binary_f1_max_threshold(scores: Tensor, labels: Tensor) -> Tuple[float, float]:
+    """(F1-max, threshold reaching it): ``scores >= threshold`` is the best F1 decision; NaN if one
+    class is absent."""
+    metrics = binary_ranking_metrics(scores, labels)
+    return metrics.f1_max, metrics.f1_threshold
 
 
 def is_applicable(value: Optional[float]) -> bool:

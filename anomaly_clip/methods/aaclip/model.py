@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,25 +102,32 @@ def _rescale(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tor
     return (values - low) / (high - low).clamp_min(torch.finfo(values.dtype).tiny)
 
 
+def fuse_scores(scores: torch.Tensor, map_peaks: torch.Tensor, score_range: Tuple[torch.Tensor, torch.Tensor],
+                map_range: Tuple[torch.Tensor, torch.Tensor], domain: str) -> torch.Tensor:
+    """``0.5 * rescaled max(map) + 0.5 * rescaled score`` (industrial) or the rescaled ``max(map)``
+    (medical), each rescaled to [0, 1] by its (low, high) range."""
+    if domain not in DOMAIN_BLUR:
+        raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {domain!r}")
+    map_max = _rescale(map_peaks.double(), *(torch.as_tensor(v, dtype=torch.float64) for v in map_range))
+    if domain == "medical":
+        return map_max.to(scores.dtype)
+    low, high = (torch.as_tensor(v, dtype=torch.float64) for v in score_range)
+    return (0.5 * map_max + 0.5 * _rescale(scores.double(), low, high)).to(scores.dtype)
+
+
 def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
                       domain: str) -> torch.Tensor:
     """Image scores of one class as the reference evaluation computes them.
 
-    Scores and maps are min-max rescaled over the whole class, then an image scores
-    ``0.5 * max(map) + 0.5 * score`` (industrial) or ``max(map)`` (medical). Only each map's
-    maximum (``map_peaks``) and minimum (``map_floors``) are needed, so no map is kept for this.
+    Scores and maps are min-max rescaled over the whole class, then fused (:func:`fuse_scores`).
+    Only each map's maximum (``map_peaks``) and minimum (``map_floors``) are needed, so no map is
+    kept for this.
     """
-    if domain not in DOMAIN_BLUR:
-        raise ValueError(f"domain must be one of {sorted(DOMAIN_BLUR)}, got {domain!r}")
     if not scores.numel() == map_peaks.numel() == map_floors.numel():
         raise ValueError(f"{scores.numel()} scores but {map_peaks.numel()} map peaks and "
                          f"{map_floors.numel()} map floors")
-    peaks = map_peaks.double()
-    map_max = _rescale(peaks, map_floors.double().min(), peaks.max())
-    if domain == "medical":
-        return map_max.to(scores.dtype)
-    scores64 = scores.double()
-    return (0.5 * map_max + 0.5 * _rescale(scores64, scores64.min(), scores64.max())).to(scores.dtype)
+    return fuse_scores(scores, map_peaks, (scores.double().min(), scores.double().max()),
+                       (map_floors.double().min(), map_peaks.double().max()), domain)
 
 
 def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tensor:
@@ -191,6 +198,7 @@ class AdaptedImageDetector(AnomalyDetector):
                                           config.image_adapt_until, config.image_adapt_weight,
                                           config.relu).to(backbone.device)
         self._anchor_cache: Dict[tuple, torch.Tensor] = {}
+        self._warned_uncalibrated = False
 
     @classmethod
     def default_backbone_config(cls) -> BackboneConfig:
@@ -277,6 +285,29 @@ class AdaptedImageDetector(AnomalyDetector):
         if self.config.image_score == "detection":
             return scores
         return fuse_class_scores(scores, map_peaks, map_floors, self.domain)
+
+    def score_statistics(self, scores: torch.Tensor, map_peaks: torch.Tensor,
+                         map_floors: torch.Tensor) -> Dict[str, float]:
+        """The ranges of the fused score, measured on the calibration images (fixed afterwards)."""
+        if self.config.image_score == "detection":
+            return {}
+        return {"score_low": float(scores.min()), "score_high": float(scores.max()),
+                "map_low": float(map_floors.min()), "map_high": float(map_peaks.max())}
+
+    def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
+                     statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
+        """The fused score of the reference evaluation with the calibration's fixed ranges in
+        place of each class's min/max; without calibration statistics the detection score alone."""
+        if self.config.image_score == "detection":
+            return scores
+        if not statistics:
+            if not self._warned_uncalibrated:
+                logger.warning("%s has no calibration statistics: per-image scores are detection scores; "
+                               "run 'anomaly-clip calibrate' for the fused score", self.method_name)
+                self._warned_uncalibrated = True
+            return scores
+        return fuse_scores(scores, map_peaks, (statistics["score_low"], statistics["score_high"]),
+                           (statistics["map_low"], statistics["map_high"]), self.domain)
 
     # ---- training ----------------------------------------------------------------------------
     def image_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,

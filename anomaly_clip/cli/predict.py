@@ -1,0 +1,109 @@
+"""``anomaly-clip predict``: score one's own images (files, folders, globs) with a trained model.
+
+Writes ``SAVE_PATH/predictions.csv`` (``path,score,label,error``), and on request maps at each
+image's original resolution and overlay panels. Thresholds: ``--image_threshold`` /
+``--pixel_threshold`` when given, else the calibration stored beside the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from ..engine.calibration import Calibration
+from ..engine.detector import AnomalyDetector
+from ..engine.flags import add_backbone_arguments, backbone_config_from_args, setup_logging
+from ..engine.inference import ImagePrediction, expand_inputs, predict_files
+from ..engine.outputs import MAP_FORMATS, PredictionFiles, common_root, write_predictions_csv
+from ..methods import METHODS, get_method, identify_checkpoint, load
+
+logger = logging.getLogger(__name__)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Checkpoint, method and backbone flags shared by ``predict`` and ``calibrate``."""
+    parser.add_argument("--checkpoint_path", required=True,
+                        help="our checkpoint, or an official one (AnomalyCLIP epoch_15.pth; AA-CLIP folder)")
+    parser.add_argument("--method", default=None, choices=sorted(METHODS),
+                        help="method of the checkpoint (detected from the file when omitted)")
+    parser.add_argument("--class_name", default=None,
+                        help="object name for AA-CLIP's text anchors (e.g. 'screw'); AnomalyCLIP ignores it")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
+    add_backbone_arguments(parser)
+
+
+def method_of(argv: Sequence[str]) -> str:
+    """The method named by ``--method`` or found in ``--checkpoint_path`` (for its own flags)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default=None)
+    pre.add_argument("--checkpoint_path", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.method:
+        return known.method
+    if known.checkpoint_path and "-h" not in argv and "--help" not in argv:
+        return identify_checkpoint(known.checkpoint_path)[0]
+    return "anomalyclip"
+
+
+def load_detector(args: argparse.Namespace, method: str, calibration: Optional[str] = None) -> AnomalyDetector:
+    """The checkpoint with the method's and the backbone's flags applied."""
+    flags = get_method(method).flags
+    return load(args.checkpoint_path, device=args.device, method_config=flags.config_from_args(args, {}),
+                configure_backbone=lambda base: backbone_config_from_args(args, base), calibration=calibration)
+
+
+def build_predict_parser(method: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("anomaly-clip predict", description="Score your own images with a trained model.")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="image files, folders (searched recursively) or glob patterns ('parts/**/*.png')")
+    parser.add_argument("--save_path", default="./predictions", help="output folder (predictions.csv, maps/, overlays/)")
+    add_model_arguments(parser)
+    parser.add_argument("--num_workers", type=int, default=2, help="image-reading worker processes")
+    parser.add_argument("--image_threshold", type=float, default=None,
+                        help="label 1 when score >= this (overrides the stored calibration)")
+    parser.add_argument("--pixel_threshold", type=float, default=None,
+                        help="predicted mask: map >= this (overrides the stored calibration)")
+    parser.add_argument("--calibration", default=None,
+                        help="calibration JSON to use instead of <checkpoint>.calibration.json")
+    parser.add_argument("--save-maps", dest="save_maps", choices=MAP_FORMATS, default=None,
+                        help="write each anomaly map at the image's original resolution (float32 .npz or "
+                             "16-bit PNG with its value range in the PNG text)")
+    parser.add_argument("--overlays", action="store_true",
+                        help="write image | heatmap overlay | predicted-mask outline panels with score and decision")
+    get_method(method).flags.add_test_arguments(parser)
+    return parser
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = method_of(argv)
+    args = build_predict_parser(method).parse_args(argv)
+    setup_logging(args.save_path, "predict_log.txt")
+    detector = load_detector(args, method, args.calibration)
+    calibration = detector.calibration or Calibration(method=detector.method_name)
+    calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold)
+    paths = expand_inputs(args.input)
+    logger.info("Scoring %d images with %s (image threshold %s, pixel threshold %s)", len(paths),
+                detector.method_name, calibration.image_threshold, calibration.pixel_threshold)
+    files = PredictionFiles(args.save_path, common_root(paths), save_maps=args.save_maps, overlays=args.overlays,
+                            image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
+                            value_range=calibration.map_range)
+    writes_files = args.save_maps is not None or args.overlays
+    rows = predict_files(detector, paths, class_names=[args.class_name] * len(paths), batch_size=args.batch_size,
+                         num_workers=args.num_workers, precision=args.precision, calibration=calibration,
+                         sink=files if writes_files else None, keep_originals=files.needs_originals)
+    table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
+    settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": args.input,
+                "class_name": args.class_name, "calibration": calibration.to_dict(),
+                "overlay_colour_range": list(files.value_range) if files.value_range else None,
+                "random_init": detector.backbone.config.random_init}
+    (Path(args.save_path) / "predict_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    scored = [row for row in rows if not row.error]
+    anomalous = sum(1 for row in scored if row.label == 1)
+    logger.info("Wrote %s: %d images scored%s, %d unreadable", table, len(scored),
+                f", {anomalous} anomalous" if calibration.image_threshold is not None else " (no threshold: no labels)",
+                len(rows) - len(scored))
+    return rows

@@ -1,0 +1,229 @@
+"""Decision thresholds for a trained detector, and their storage beside its checkpoint.
+
+A score or a map value is only useful to a user once it is turned into a decision. Thresholds
+come from (a) a labelled set: the F1-max thresholds of the image scores and of the pixels,
+(b) normal images only: a quantile of their scores and pixel values (``q = 1``: the maximum), or
+(c) by hand. They are stored as a JSON sidecar, ``<checkpoint>.calibration.json``, which
+:func:`anomaly_clip.load` reads, together with the method's score statistics (constants for the
+per-image score, see :meth:`AnomalyDetector.image_scores`), the range of the calibration maps
+(a fixed colour scale for overlays) and where they came from.
+
+Decisions are ``score >= image_threshold`` and ``map >= pixel_threshold``. Pixel thresholds are
+found on maps at model resolution and applied to maps upsampled to the original resolution.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..files import atomic_path
+from ..data.records import Sample
+from ..metrics import binary_f1_max_threshold
+from .inference import Scorer
+from .precision import autocast
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "anomaly_clip.calibration"
+FORMAT_VERSION = 1
+SIDECAR_SUFFIX = ".calibration.json"
+RULES = ("f1-max", "normal-quantile", "manual")
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """Where :func:`anomaly_clip.load` looks for the calibration of ``checkpoint`` (file or folder)."""
+    return Path(str(checkpoint).rstrip("/\\") + SIDECAR_SUFFIX)
+
+
+@dataclass
+class Calibration:
+    """Thresholds of one detector (None where unknown) and what they were derived from."""
+
+    method: str
+    image_threshold: Optional[float] = None
+    pixel_threshold: Optional[float] = None
+    rule: str = "manual"
+    score_statistics: Dict[str, float] = field(default_factory=dict)
+    map_range: Optional[Tuple[float, float]] = None
+    provenance: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"calibration rule must be one of {RULES}, got {self.rule!r}")
+        for name in ("image_threshold", "pixel_threshold"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if self.map_range is not None:
+            low, high = (float(v) for v in self.map_range)
+            if not high > low:
+                raise ValueError(f"map_range must be increasing, got {self.map_range}")
+            self.map_range = (low, high)
+
+    def with_thresholds(self, image_threshold: Optional[float] = None,
+                        pixel_threshold: Optional[float] = None) -> "Calibration":
+        """A copy with the given thresholds replacing the stored ones (hand-set thresholds win)."""
+        changes: Dict[str, Any] = {}
+        if image_threshold is not None:
+            changes["image_threshold"] = float(image_threshold)
+        if pixel_threshold is not None:
+            changes["pixel_threshold"] = float(pixel_threshold)
+        return replace(self, **changes)
+
+    def to_dict(self) -> Dict[str, Any]:
+        values = asdict(self)
+        values["map_range"] = list(self.map_range) if self.map_range is not None else None
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **values}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "Calibration":
+        values = dict(values)
+        if values.pop("format", None) != FORMAT_NAME:
+            raise ValueError("not an anomaly_clip calibration (missing 'format': "
+                             f"{FORMAT_NAME!r})")
+        if values.pop("version", 0) > FORMAT_VERSION:
+            raise ValueError("calibration written by a newer anomaly_clip")
+        if values.get("map_range") is not None:
+            values["map_range"] = tuple(values["map_range"])
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write as JSON, all or nothing (see :mod:`anomaly_clip.files`)."""
+        path = Path(path)
+        with atomic_path(path) as temporary:
+            temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Calibration":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"cannot read calibration {path}: {error}") from error
+
+
+def attach_calibration(detector: Scorer, path: str | os.PathLike) -> Calibration:
+    """Read the calibration at ``path`` into ``detector.calibration`` (it must be of the same method)."""
+    calibration = Calibration.read(path)
+    if calibration.method != detector.method_name:
+        raise ValueError(f"calibration {path} is for {calibration.method}, not {detector.method_name}")
+    detector.calibration = calibration
+    logger.info("Calibration from %s: image threshold %s, pixel threshold %s (%s)", path,
+                calibration.image_threshold, calibration.pixel_threshold, calibration.rule)
+    return calibration
+
+
+@dataclass
+class CalibrationOutputs:
+    """Raw outputs of a detector over a calibration set (maps and masks on the host, float32 / bool)."""
+
+    scores: torch.Tensor
+    map_peaks: torch.Tensor
+    map_floors: torch.Tensor
+    labels: torch.Tensor
+    maps: torch.Tensor
+    masks: Optional[torch.Tensor]
+    class_names: List[str]
+
+
+@torch.inference_mode()
+def collect_outputs(detector: Scorer, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
+                    precision: str = "auto", class_name: Optional[str] = None,
+                    progress: bool = True) -> CalibrationOutputs:
+    """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
+    replaces the dataset's class names (the same name must then be given at predict time)."""
+    detector.eval()
+    device = detector.device
+    has_masks = getattr(dataset, "has_masks", False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
+    names: List[str] = []
+    for batch in tqdm(loader, desc="calibrate", disable=not progress, dynamic_ncols=True, leave=False):
+        images = batch["image"].to(device)
+        batch_names = [class_name] * images.shape[0] if class_name else list(batch["class_name"])
+        with autocast(device, precision):
+            prediction = detector.predict(images, batch_names)
+        maps = prediction.maps.float()
+        parts["scores"].append(prediction.scores.float())
+        parts["peaks"].append(maps.amax(dim=(-2, -1)))
+        parts["floors"].append(maps.amin(dim=(-2, -1)))
+        parts["labels"].append(batch["label"].to(device).bool())
+        parts["maps"].append(maps.cpu())
+        if has_masks:
+            parts["masks"].append(batch["mask"].reshape(maps.shape) > 0.5)
+        names += batch_names
+    return CalibrationOutputs(
+        scores=torch.cat(parts["scores"]), map_peaks=torch.cat(parts["peaks"]), map_floors=torch.cat(parts["floors"]),
+        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]),
+        masks=torch.cat(parts["masks"]) if has_masks else None, class_names=sorted(set(names)))
+
+
+def quantile_value(values: torch.Tensor, q: float) -> float:
+    """The smallest value at or above a fraction ``q`` of ``values`` (``q = 1``: the maximum)."""
+    if not 0.0 < q <= 1.0:
+        raise ValueError(f"the quantile must lie in (0, 1], got {q}")
+    flat = values.reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("no values to take a quantile of")
+    rank = min(max(math.ceil(q * flat.numel()), 1), flat.numel())
+    return float(flat.kthvalue(rank).values)
+
+
+def calibrate(detector: Scorer, outputs: CalibrationOutputs, normal_quantile: Optional[float] = None,
+              provenance: Optional[Dict[str, Any]] = None) -> Calibration:
+    """Thresholds from a detector's outputs: F1-max on a labelled set, or the ``normal_quantile``
+    of the normal images' per-image scores and pixel values."""
+    statistics = detector.score_statistics(outputs.scores, outputs.map_peaks, outputs.map_floors)
+    scores = detector.image_scores(outputs.scores, outputs.map_peaks, outputs.map_floors, statistics).float()
+    labels = outputs.labels
+    normal = ~labels
+    record: Dict[str, Any] = {
+        "num_images": int(labels.numel()), "num_anomalous": int(labels.sum()), "class_names": outputs.class_names,
+        "random_init": bool(detector.backbone.config.random_init), "model_name": detector.backbone.config.model_name,
+        "image_size": detector.image_size, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if normal_quantile is not None:
+        if not bool(normal.any()):
+            raise ValueError("--normal-quantile needs normal images (label 0) in the calibration set")
+        image_threshold = quantile_value(scores[normal], normal_quantile)
+        pixel_threshold = quantile_value(outputs.maps[normal.cpu()], normal_quantile)
+        rule = "normal-quantile"
+        record["quantile"] = normal_quantile
+    else:
+        if bool(labels.all()) or not bool(labels.any()):
+            raise ValueError("F1-max thresholds need both normal and anomalous images; with normal images only, "
+                             "use --normal-quantile")
+        image_f1, image_threshold = binary_f1_max_threshold(scores, labels)
+        record["image_f1_max"] = image_f1
+        pixel_threshold = None
+        if outputs.masks is not None and bool(outputs.masks.any()):
+            pixel_f1, pixel_threshold = binary_f1_max_threshold(outputs.maps.reshape(-1), outputs.masks.reshape(-1))
+            record["pixel_f1_max"] = pixel_f1
+        else:
+            logger.warning("The calibration set has no anomalous pixels annotated: no pixel threshold")
+        rule = "f1-max"
+    record.update(provenance or {})
+    map_range = (float(outputs.map_floors.min()), float(outputs.map_peaks.max()))
+    calibration = Calibration(
+        method=detector.method_name, image_threshold=image_threshold, pixel_threshold=pixel_threshold, rule=rule,
+        score_statistics=statistics, map_range=map_range if map_range[1] > map_range[0] else None,
+        provenance=record)
+    logger.info("Calibrated %s (%s on %d images): image threshold %.6g, pixel threshold %s", detector.method_name,
+                rule, record["num_images"], image_threshold,
+                "none" if pixel_threshold is None else f"{pixel_threshold:.6g}")
+    return calibration
+
+
+def image_level_samples(paths: Sequence[str | os.PathLike], class_name: Optional[str]) -> List[Sample]:
+    """Normal-image samples for a list of files (calibration on one's own good parts)."""
+    return [Sample(image_path=str(Path(p).resolve()), label=0, class_name=class_name or "object") for p in paths]
