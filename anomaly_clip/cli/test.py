@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..engine.distributed import init_distributed, is_main_process
 from ..engine.evaluation import METRIC_LEVELS, evaluate
 from ..engine.flags import add_backbone_arguments, add_data_arguments, backbone_config_from_args, setup_logging
 from ..methods import METHODS, get_method, identify_checkpoint, load
@@ -47,6 +48,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         method = identify_checkpoint(known.checkpoint_path)[0]
     parser = build_test_parser(method or "anomalyclip")
     args = parser.parse_args(argv)
+    args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
     flags = get_method(method).flags
     detector = load(
@@ -65,5 +67,6 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         "backbone_config": detector.backbone.config.to_dict(), "metrics": args.metrics, "aupro": args.aupro,
     }
     logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
-    report.save(args.save_path, settings)
+    if is_main_process():
+        report.save(args.save_path, settings)
     return {"report": report, "settings": settings}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..engine.distributed import init_distributed
 from ..engine.flags import add_backbone_arguments, add_data_arguments, setup_logging
 from ..methods import METHODS, get_method
 
@@ -41,6 +42,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     method = _method_from_argv(argv, "anomalyclip")
     args = build_train_parser(method).parse_args(argv)
+    args.device = init_distributed(args.device)
     setup_logging(args.save_path, "log.txt")
     path = get_method(args.method).flags.train_from_args(args)
     logger.info("Training finished; last checkpoint: %s", path)
