@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 
 from ..engine.calibration import Calibration
 from ..engine.detector import AnomalyDetector
+from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
 from ..engine.flags import add_backbone_arguments, backbone_config_from_args, setup_logging
 from ..engine.inference import ImagePrediction, expand_inputs, predict_files
 from ..engine.outputs import MAP_FORMATS, PredictionFiles, common_root, write_predictions_csv
@@ -81,6 +82,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
     argv = list(sys.argv[1:] if argv is None else argv)
     method = method_of(argv)
     args = build_predict_parser(method).parse_args(argv)
+    args.device = init_distributed(args.device)
     setup_logging(args.save_path, "predict_log.txt")
     detector = load_detector(args, method, args.calibration)
     calibration = detector.calibration or Calibration(method=detector.method_name)
@@ -92,9 +94,13 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
                             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
                             value_range=calibration.map_range)
     writes_files = args.save_maps is not None or args.overlays
-    rows = predict_files(detector, paths, class_names=[args.class_name] * len(paths), batch_size=args.batch_size,
+    mine = shard_items(paths, block=args.batch_size)
+    rows = predict_files(detector, mine, class_names=[args.class_name] * len(mine), batch_size=args.batch_size,
                          num_workers=args.num_workers, precision=args.precision, calibration=calibration,
                          sink=files if writes_files else None, keep_originals=files.needs_originals)
+    rows = gather_in_order(rows, dst=None)
+    if not is_main_process():
+        return rows
     table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
     settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": args.input,
                 "class_name": args.class_name, "calibration": calibration.to_dict(),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..engine.distributed import init_distributed, is_main_process
 from ..engine.evaluation import METRIC_LEVELS, evaluate
 from ..engine.flags import add_backbone_arguments, add_data_arguments, backbone_config_from_args, setup_logging
 from ..methods import METHODS, get_method, identify_checkpoint, load
@@ -46,8 +47,10 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         method = identify_checkpoint(known["checkpoint_path"])[0]
     parser = build_test_parser(method or "anomalyclip")
     args = parse_arguments(parser, argv, "test")
+    args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
-    write_resolved_config(args, parser, "test", args.save_path, source=args.config)
+    if is_main_process():
+        write_resolved_config(args, parser, "test", args.save_path, source=args.config)
     flags = get_method(method).flags
     detector = load(
         args.checkpoint_path, device=args.device,
@@ -70,5 +73,6 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         if reference:
             settings["published_reference"] = reference
     logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
-    report.save(args.save_path, settings)
+    if is_main_process():
+        report.save(args.save_path, settings)
     return {"report": report, "settings": settings}

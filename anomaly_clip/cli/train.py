@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..engine.distributed import init_distributed, is_main_process
 from ..engine.flags import add_backbone_arguments, add_data_arguments, setup_logging
 from ..methods import METHODS, get_method
 from .config import add_config_argument, parse_arguments, preparse, write_resolved_config
@@ -40,8 +41,10 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Path:
     method = preparse(argv, "train", ["method"])["method"] or "anomalyclip"
     parser = build_train_parser(method)
     args = parse_arguments(parser, argv, "train")
+    args.device = init_distributed(args.device)
     setup_logging(args.save_path, "log.txt")
-    write_resolved_config(args, parser, "train", args.save_path, source=args.config)
+    if is_main_process():
+        write_resolved_config(args, parser, "train", args.save_path, source=args.config)
     path = get_method(args.method).flags.train_from_args(args)
     logger.info("Training finished; last checkpoint: %s", path)
     return path

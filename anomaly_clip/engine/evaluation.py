@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -15,6 +14,8 @@ from tqdm.auto import tqdm
 from ..clip.backbone import RANDOM_WEIGHTS_WARNING
 from ..files import atomic_path
 from .detector import AnomalyDetector
+from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, merged_order,
+                          shard_dataset)
 from ..metrics import AnomalyEvaluator, MetricsReport
 from .precision import autocast
 
@@ -24,26 +25,37 @@ METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 
 
 class PredictionWriter:
-    """Collects per-class predictions in dataset order and writes one ``.npz`` per class."""
+    """Collects per-class predictions in dataset order and writes one ``.npz`` per class.
+
+    Under ``torchrun`` each process collects its shard; :meth:`write` hands each class's
+    records to rank 0, which alone writes, one class at a time.
+    """
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self.records: Dict[str, Dict[str, List]] = defaultdict(lambda: defaultdict(list))
+        self.records: Dict[str, Dict[str, List]] = {}
 
     def add(self, class_names: List[str], paths: List[str], labels: torch.Tensor, scores: torch.Tensor,
             maps: torch.Tensor) -> None:
         labels, scores, maps = labels.cpu().numpy(), scores.float().cpu().numpy(), maps.float().cpu().numpy()
         for i, name in enumerate(class_names):
-            record = self.records[name]
+            record = self.records.setdefault(name, {"paths": [], "labels": [], "scores": [], "maps": []})
             record["paths"].append(paths[i])
             record["labels"].append(labels[i])
             record["scores"].append(scores[i])
             record["maps"].append(maps[i])
 
     def write(self) -> List[Path]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Write one file per class (on rank 0); the records are released as they are written."""
+        if is_main_process():
+            self.directory.mkdir(parents=True, exist_ok=True)
         written = []
-        for name, record in self.records.items():
+        for name in merged_order(self.records):
+            parts = gather_objects(self.records.pop(name, None))
+            if parts is None:
+                continue
+            record = {key: [item for part in parts if part is not None for item in part[key]]
+                      for key in ("paths", "labels", "scores", "maps")}
             path = self.directory / f"{_safe_name(name)}.npz"
             with atomic_path(path) as temporary:
                 np.savez(temporary, paths=np.array(record["paths"]),
@@ -51,7 +63,8 @@ class PredictionWriter:
                          scores=np.array(record["scores"], dtype=np.float32),
                          maps=np.stack(record["maps"]).astype(np.float32))
             written.append(path)
-        logger.info("Wrote predictions of %d classes to %s", len(written), self.directory)
+        if written:
+            logger.info("Wrote predictions of %d classes to %s", len(written), self.directory)
         return written
 
 
@@ -130,6 +143,9 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
     Predictions stay on the device until they are handed to the metric accumulator, which keeps
     one compact host copy per class (see :class:`anomaly_clip.metrics.AnomalyEvaluator`). The
     report of a random (untrained) backbone carries a caveat that every table repeats.
+    Under ``torchrun`` each process scores a contiguous share of whole batches (the very batches
+    a single process would form) and the metrics come out of :func:`gather_report`; every
+    process returns the same report, equal to a single process's.
     """
     if metrics not in METRIC_LEVELS:
         raise ValueError(f"metrics must be one of {METRIC_LEVELS}, got {metrics!r}")
@@ -138,13 +154,14 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
         metrics = "image-level"
     detector.eval()
     device = detector.device
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(shard_dataset(dataset, block=batch_size), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
     fuses_scores = type(detector).class_image_scores is not AnomalyDetector.class_image_scores
     evaluator = AnomalyEvaluator(metrics=metrics, aupro=aupro,
                                  class_score_transform=detector.class_image_scores if fuses_scores else None)
     writer = PredictionWriter(save_predictions) if save_predictions else None
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
+    show = progress and is_main_process()
+    for batch in tqdm(loader, desc="evaluate", disable=not show, dynamic_ncols=True, leave=False):
         images = batch["image"].to(device, non_blocking=True)
         class_names = list(batch["class_name"])
         with autocast(device, precision):
@@ -158,7 +175,32 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
             write_visualizations(Path(visualize), list(batch["path"]), class_names, masks, prediction.maps)
     if writer is not None:
         writer.write()
-    report = evaluator.compute()
+    report = gather_report(evaluator)
     if detector.backbone.config.random_init:
         report.caveat = RANDOM_WEIGHTS_WARNING
     return report
+
+
+def gather_report(evaluator: AnomalyEvaluator) -> MetricsReport:
+    """The report of every process's accumulated predictions, on every process.
+
+    Each class is owned by one process, which receives the class's chunks from the others (in
+    rank order, hence dataset order) and computes its metrics, so no process holds every map and
+    the per-class work runs in parallel; rank 0 puts the rows in order of first appearance.
+    """
+    world_size = get_world_size()
+    if world_size == 1:
+        return evaluator.compute()
+    order = merged_order(evaluator.class_names)
+    if not order:
+        raise ValueError("no predictions were added on any process")
+    for position, name in enumerate(order):
+        parts = gather_objects(evaluator.pop_class(name), dst=position % world_size)
+        if parts is not None:
+            evaluator.extend_class(name, [part for part in parts if part is not None])
+    rows = gather_objects(evaluator.class_metrics(order[get_rank()::world_size]))
+    report = None
+    if rows is not None:
+        by_name = {row.name: row for part in rows for row in part}
+        report = evaluator.report([by_name[name] for name in order])
+    return broadcast_object(report)

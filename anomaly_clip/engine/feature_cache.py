@@ -4,6 +4,10 @@ CLIP is frozen and (without augmentation) sees the same images every epoch, so i
 are computed in the first epoch and replayed afterwards: later epochs decode no image and run
 no backbone. :class:`EpochLoader` fixes the per-epoch sample order from ``seed + epoch`` so a
 cached run visits batches in exactly the order an uncached run does.
+
+Under ``torchrun`` the global batches are the same and each process takes a part of every one:
+an even contiguous slice while the cache fills (or without a cache), then the samples it cached,
+so each process caches only its own share of the dataset.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed, shard_range
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +50,11 @@ class EpochBatchSampler(Sampler[List[int]]):
 
 
 class FeatureCache:
-    """Per-sample tensors (features, masks, labels) stored on the device, in host memory, or on disk."""
+    """Per-sample tensors (features, masks, labels) stored on the device, in host memory, or on disk.
+
+    It holds every index of a dataset of ``size`` samples, or only those given to :meth:`reserve`
+    (a process's share under ``torchrun``; a disk cache then writes to a folder of its own rank).
+    """
 
     def __init__(self, size: int, mode: str = "host", directory: Optional[str | os.PathLike] = None,
                  device: Optional[torch.device] = None):
@@ -54,6 +64,9 @@ class FeatureCache:
             raise ValueError("a disk feature cache needs a directory")
         self.size, self.mode, self.device = size, mode, device
         self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and is_distributed():
+            self.directory = self.directory / f"rank_{get_rank()}"
+        self.rows = torch.arange(size)
         self.filled = torch.zeros(size, dtype=torch.bool)
         self.store: Dict[str, torch.Tensor] = {}
 
@@ -61,8 +74,26 @@ class FeatureCache:
     def complete(self) -> bool:
         return bool(self.filled.all())
 
+    def reserve(self, indices: torch.Tensor) -> None:
+        """Hold only the samples ``indices`` (before anything is stored)."""
+        if self.filled.any():
+            raise RuntimeError("reserve() must come before the first put()")
+        indices = torch.as_tensor(indices, dtype=torch.long).cpu()
+        self.rows = torch.full((self.size,), -1, dtype=torch.long)
+        self.rows[indices] = torch.arange(indices.numel())
+        self.filled = torch.zeros(indices.numel(), dtype=torch.bool)
+
+    def holds(self, index: int) -> bool:
+        return bool(self.rows[index] >= 0)
+
+    def _row(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = self.rows[indices.cpu()]
+        if bool((rows < 0).any()):
+            raise KeyError(f"samples {indices[rows < 0].tolist()} are not held by this cache")
+        return rows
+
     def _allocate(self, name: str, example: torch.Tensor) -> torch.Tensor:
-        shape = (self.size, *example.shape[1:])
+        shape = (self.filled.numel(), *example.shape[1:])
         if self.mode == "device":
             return torch.empty(shape, dtype=example.dtype, device=self.device or example.device)
         if self.mode == "host":
@@ -74,18 +105,18 @@ class FeatureCache:
         return storage.view(shape)
 
     def put(self, indices: torch.Tensor, values: Dict[str, torch.Tensor]) -> None:
-        indices = indices.cpu()
+        rows = self._row(indices)
         for name, value in values.items():
             if name not in self.store:
                 self.store[name] = self._allocate(name, value)
             target = self.store[name]
-            target[indices.to(target.device)] = value.detach().to(target.device)
-        self.filled[indices] = True
+            target[rows.to(target.device)] = value.detach().to(target.device)
+        self.filled[rows] = True
 
     def get(self, indices: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Stored rows of ``indices``, on the device they are stored on (the CPU for disk)."""
-        indices = indices.cpu()
-        return {name: store[indices.to(store.device)] for name, store in self.store.items()}
+        rows = self._row(indices)
+        return {name: store[rows.to(store.device)] for name, store in self.store.items()}
 
     def close(self) -> None:
         """Drop stored tensors and delete disk files."""
@@ -93,6 +124,8 @@ class FeatureCache:
         if self.mode == "disk" and self.directory is not None:
             for path in self.directory.glob("*.bin"):
                 path.unlink()
+            if is_distributed() and self.directory.is_dir() and not any(self.directory.iterdir()):
+                self.directory.rmdir()
 
 
 def choose_cache_mode(mode: str, bytes_per_sample: int, size: int, device: torch.device) -> str:
@@ -115,15 +148,26 @@ class EpochLoader:
     While the cache is incomplete, batches come from a ``DataLoader`` over ``dataset`` and the
     step function stores what it computed with :meth:`FeatureCache.put`; afterwards batches are
     ``{"index", <cached tensors>}`` read straight from the cache.
+
+    Under ``torchrun`` every batch is this process's part of the global batch of ``batch_size``
+    (possibly empty: ``{"index": []}``); every process yields as many batches as a single one.
+    With ``whole_batches`` the parts are gathered instead, so that every process steps on the
+    whole global batch (for losses that couple a batch's samples) while loading only its part.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
                  cache: Optional[FeatureCache] = None, shuffle: bool = True,
-                 collate_fn: Optional[Callable[[List[Any]], Any]] = None):
+                 collate_fn: Optional[Callable[[List[Any]], Any]] = None, whole_batches: bool = False):
+        if whole_batches and cache is not None:
+            raise ValueError("a loader of whole batches takes no feature cache")
         self.dataset, self.cache = dataset, cache
         self.sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle)
         self.num_workers = num_workers
         self.collate_fn = collate_fn
+        self.whole_batches = whole_batches
+        if batch_size < get_world_size():
+            logger.warning("global batch size %d is smaller than the %d processes: some processes idle",
+                           batch_size, get_world_size())
 
     def set_epoch(self, epoch: int) -> None:
         """Fix this epoch's sample order (and the dataset's augmentation stream, if it has one)."""
@@ -134,14 +178,44 @@ class EpochLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __iter__(self) -> Iterator[Dict[str, Any]]:
+    def parts(self, rank: Optional[int] = None, world_size: Optional[int] = None) -> List[List[int]]:
+        """A process's sample indices in each global batch of the epoch (this process's by default)."""
+        batches = list(self.sampler)
         if self.cache is not None and self.cache.complete:
-            for batch_indices in self.sampler:
-                indices = torch.tensor(batch_indices)
+            return [[index for index in batch if self.cache.holds(index)] for batch in batches]
+        return [[batch[i] for i in shard_range(len(batch), rank, world_size)] for batch in batches]
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        parts = self.parts()
+        if self.cache is not None and self.cache.complete:
+            for part in parts:
+                indices = torch.tensor(part, dtype=torch.long)
                 batch = self.cache.get(indices)
                 batch["index"] = indices
                 yield batch
             return
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers,
-                            pin_memory=torch.cuda.is_available(), collate_fn=self.collate_fn)
-        yield from loader
+        if self.cache is not None and is_distributed():
+            self.cache.reserve(torch.tensor([index for part in parts for index in part], dtype=torch.long))
+        loader = iter(DataLoader(self.dataset, batch_sampler=[part for part in parts if part],
+                                 num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                                 collate_fn=self.collate_fn))
+        for part in parts:
+            batch = next(loader) if part else None
+            if self.whole_batches and is_distributed():
+                yield concatenate_batches([p for p in all_gather_objects(batch) if p is not None])
+            else:
+                yield batch if batch is not None else {"index": torch.zeros(0, dtype=torch.long)}
+
+
+def concatenate_batches(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One collated batch from several: tensors concatenated along dim 0, lists joined."""
+    merged = {}
+    for name, value in parts[0].items():
+        values = [part[name] for part in parts]
+        if torch.is_tensor(value):
+            merged[name] = torch.cat(values)
+        elif isinstance(value, (list, tuple)):
+            merged[name] = [item for items in values for item in items]
+        else:
+            raise TypeError(f"cannot concatenate batch entry {name!r} of type {type(value).__name__}")
+    return merged

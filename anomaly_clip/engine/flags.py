@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from ..clip.backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
 from ..data.dataset import AnomalyDataset
 from ..data.formats import load_samples
+from .distributed import get_rank, is_distributed, is_main_process
 from .precision import PRECISIONS
 
 
@@ -81,15 +82,22 @@ def _quiet_open_clip(record: logging.LogRecord) -> bool:
 
 
 def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.txt", verbose: bool = False) -> None:
-    """Log to the console and, when ``save_path`` is given, to ``save_path/filename``."""
+    """Log to the console and, when ``save_path`` is given, to ``save_path/filename``.
+
+    Under ``torchrun`` only rank 0 logs information and writes the file; the other processes
+    print their warnings and errors, tagged with their rank.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if save_path is not None:
+    main = is_main_process()
+    if save_path is not None and main:
         Path(save_path).mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(Path(save_path) / filename))
     for handler in handlers:
         handler.addFilter(_quiet_open_clip)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    level = (logging.DEBUG if verbose else logging.INFO) if main else logging.WARNING
+    rank = f"[rank {get_rank()}] " if is_distributed() else ""
+    logging.basicConfig(level=level, format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
 
 
 def run_settings(args: argparse.Namespace) -> Dict[str, Any]:

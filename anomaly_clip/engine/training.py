@@ -2,6 +2,11 @@
 
 A method supplies a ``step`` function (batch -> named losses, ``"loss"`` being the total to
 minimise) and its optimiser; :func:`fit_stage` does the rest identically for all methods.
+
+Under ``torchrun`` each process steps on its part of every global batch and one all-reduce
+turns the parts' gradients into those of the global batch's mean loss (weighted by part size),
+so every process takes the same optimiser step as a single process on the global batch would.
+Rank 0 alone writes checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_save, checkpoint_payload
 from .detector import AnomalyDetector
+from .distributed import (all_gather_objects, average_gradients, barrier, broadcast_gradients,
+                          broadcast_parameters, is_distributed, is_main_process)
 from .precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -35,6 +42,13 @@ def seed_everything(seed: int) -> None:
 
 def move_batch(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def batch_length(batch: Dict[str, Any]) -> int:
+    """Number of samples in a collated batch (its ``index`` entry, else its first tensor)."""
+    if "index" in batch:
+        return len(batch["index"])
+    return next(len(value) for value in batch.values() if torch.is_tensor(value))
 
 
 @dataclass
@@ -88,6 +102,12 @@ def fit_stage(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    distributed = is_distributed()
+    whole_batches = getattr(loader, "whole_batches", None)
+    if distributed and whole_batches is None:
+        raise TypeError("training under torchrun needs an EpochLoader, which splits every global batch "
+                        "across the processes")
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     device = detector.device
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, precision) == torch.float16)
     start_epoch = 0
@@ -105,6 +125,7 @@ def fit_stage(
         logger.info("Resumed stage %r from %s at epoch %d", stage or "train", resume_file, start_epoch)
     elif resume:
         logger.info("No checkpoint to resume at %s; starting from scratch", resume_file)
+    broadcast_parameters(parameters)
 
     result = StageResult()
     label = stage or "train"
@@ -114,26 +135,41 @@ def fit_stage(
             loader.set_epoch(epoch)
         sums: Dict[str, float] = {}
         batches = 0
-        progress = tqdm(loader, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        progress = tqdm(loader, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
+                        disable=not is_main_process())
         for batch in progress:
             batch = move_batch(batch, device)
-            with autocast(device, precision):
-                losses = step(batch)
-            total = losses["loss"]
+            count = batch_length(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses: Dict[str, torch.Tensor] = {}
+            total = torch.zeros((), device=device)
+            if count:
+                with autocast(device, precision):
+                    losses = step(batch)
+                total = losses["loss"].detach()
+                scaler.scale(losses["loss"]).backward()
+            else:
+                scaler.scale(total)  # a process with an empty part still needs the scaler set up to step
+            share = 1.0
+            if distributed and whole_batches:
+                broadcast_gradients(parameters)
+            elif distributed:
+                total, global_count = average_gradients(parameters, count, total)
+                share = count / global_count
             if not torch.isfinite(total):
                 raise FloatingPointError(f"{label}: loss became {total.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None:
                 scheduler.step()
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
+                sums[name] = sums.get(name, 0.0) + share * float(value.detach())
             batches += 1
-            progress.set_postfix(loss=f"{float(total.detach()):.4f}")
+            progress.set_postfix(loss=f"{float(total):.4f}")
         if batches == 0:
             raise ValueError(f"{label}: the training loader yielded no batch")
+        if distributed and not whole_batches:
+            sums = _sum_over_processes(sums)
         means = {name: value / batches for name, value in sums.items()}
         means["epoch"] = epoch + 1
         result.history.append(means)
@@ -141,11 +177,22 @@ def fit_stage(
             parts = ", ".join(f"{name}:{value:.4f}" for name, value in means.items() if name != "epoch")
             logger.info("%s epoch [%d/%d], %s", label, epoch + 1, epochs, parts)
         if (epoch + 1) % save_freq == 0 or epoch + 1 == epochs:
-            result.checkpoints.append(
+            path = checkpoint_path(output_dir, stage, epoch + 1)
+            if is_main_process():
                 _save_epoch(detector, optimizer, scheduler, output_dir, stage, epoch + 1, export_official,
                             run_settings)
-            )
+            barrier()
+            result.checkpoints.append(path)
     return result
+
+
+def _sum_over_processes(sums: Dict[str, float]) -> Dict[str, float]:
+    """Per-name sums of every process's (share-weighted) losses: the global batches' mean losses."""
+    total: Dict[str, float] = {}
+    for part in all_gather_objects(sums):
+        for name, value in part.items():
+            total[name] = total.get(name, 0.0) + value
+    return total
 
 
 def _save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],

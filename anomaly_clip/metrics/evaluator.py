@@ -9,7 +9,7 @@ temporaries of :mod:`.ordering`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -30,7 +30,9 @@ MAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @dataclass
-class _ClassData:
+class ClassData:
+    """Per-class chunks as accumulated batch by batch (host tensors)."""
+
     labels: List[Tensor] = field(default_factory=list)
     scores: List[Tensor] = field(default_factory=list)
     maps: List[Tensor] = field(default_factory=list)
@@ -69,7 +71,7 @@ class AnomalyEvaluator:
         self.block_size = block_size
         self.progress = progress
         self.class_score_transform = class_score_transform
-        self._classes: Dict[str, _ClassData] = {}
+        self._classes: Dict[str, ClassData] = {}
 
     @property
     def pixel_level(self) -> bool:
@@ -108,7 +110,7 @@ class AnomalyEvaluator:
             peaks, floors = flat.amax(dim=1), flat.amin(dim=1)
         for name in dict.fromkeys(class_names):
             index = [i for i, other in enumerate(class_names) if other == name]
-            data = self._classes.setdefault(name, _ClassData())
+            data = self._classes.setdefault(name, ClassData())
             data.labels.append(_take(labels, index).to("cpu"))
             data.scores.append(_take(scores, index).to("cpu", torch.float64))
             if self.class_score_transform is not None:
@@ -122,13 +124,32 @@ class AnomalyEvaluator:
         """Metrics of every class seen so far, in order of first appearance, plus their mean."""
         if not self._classes:
             raise ValueError("no predictions were added; call update() first")
-        rows = [self._class_metrics(name, data)
-                for name, data in tqdm(self._classes.items(), desc="metrics", disable=not self.progress,
-                                       dynamic_ncols=True, leave=False)]
-        return MetricsReport(rows, metrics=self.metrics, aupro_definition=self.aupro, fpr_limit=self.fpr_limit,
-                             num_thresholds=self.num_thresholds)
+        return self.report(self.class_metrics(self.class_names))
 
-    def _class_metrics(self, name: str, data: _ClassData) -> ClassMetrics:
+    def class_metrics(self, class_names: Sequence[str]) -> List[ClassMetrics]:
+        """One row per named class (each must have been seen)."""
+        return [self._class_metrics(name, self._classes[name])
+                for name in tqdm(class_names, desc="metrics", disable=not self.progress, dynamic_ncols=True,
+                                 leave=False)]
+
+    def report(self, rows: Sequence[ClassMetrics]) -> MetricsReport:
+        """A report of ``rows`` with this evaluator's settings."""
+        return MetricsReport(list(rows), metrics=self.metrics, aupro_definition=self.aupro,
+                             fpr_limit=self.fpr_limit, num_thresholds=self.num_thresholds)
+
+    def pop_class(self, name: str) -> Optional[ClassData]:
+        """Remove and return what was accumulated for class ``name`` (None if unseen), e.g. to
+        hand it to the process that computes the class's metrics."""
+        return self._classes.pop(name, None)
+
+    def extend_class(self, name: str, parts: Sequence[ClassData]) -> None:
+        """Append accumulated chunks of class ``name``, in the order given, after those held."""
+        data = self._classes.setdefault(name, ClassData())
+        for part in parts:
+            for item in fields(ClassData):
+                getattr(data, item.name).extend(getattr(part, item.name))
+
+    def _class_metrics(self, name: str, data: ClassData) -> ClassMetrics:
         labels = torch.cat(data.labels)
         values = {}
         if self.metrics != "pixel-level":

@@ -75,6 +75,9 @@ class AdaptedImageFlags(MethodFlags):
                            help="image-stage MultiStepLR milestones in iterations")
         group.add_argument("--image_lr_gamma", type=float, default=TRAINING.image_lr_gamma,
                            help="image-stage MultiStepLR factor")
+        group.add_argument("--seeded_augmentation", action="store_true",
+                           help="draw each image's augmentation from (seed, epoch, image) rather than the global "
+                                "stream: independent of workers and processes (always on under torchrun)")
 
     def add_test_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("AA-CLIP image side")
@@ -151,7 +154,8 @@ class AAClipFlags(AdaptedImageFlags):
         shot = shots_from_args(args)
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
         text_dataset, image_dataset = build_training_datasets(samples, args.train_data_path,
-                                                              backbone.config.image_size, shot, settings.seed)
+                                                              backbone.config.image_size, shot, settings.seed,
+                                                              seeded_augmentation=args.seeded_augmentation)
         logger.info("Training AA-CLIP on %s (%s split, %s, %d images), dataset descriptions %r: %s / %s",
                     args.train_data_path, args.split, f"{shot}-shot" if shot else "full shot", len(text_dataset),
                     config.dataset, json.dumps(config.to_dict()), json.dumps(asdict(settings)))

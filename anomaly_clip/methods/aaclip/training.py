@@ -3,6 +3,12 @@
 Both stages run through :func:`anomaly_clip.engine.training.fit_stage` (mixed precision, atomic
 checkpoints, resume, reference-format export); each stage resumes on its own, so an interrupted
 run continues where it stopped.
+
+Under ``torchrun`` the image stage splits every global batch across the processes. The text
+stage cannot: its V-V attention mixes the images of a batch at each token (``vv_axis="batch"``,
+the reference) and its disentangle loss squares a batch mean, so each process loads a part of
+the global batch, the parts are gathered and every process steps on the whole batch. Augmentation
+is then drawn per (seed, epoch, image) so that it does not depend on which process loads an image.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch.utils.data import Dataset
 from ...data.augment import AAClipAugmentation
 from ...data.dataset import AnomalyDataset
 from ...data.fewshot import few_shot_subset
+from ...engine.distributed import get_world_size
 from ...engine.feature_cache import EpochLoader
 from ...engine.training import StageResult, checkpoint_path, fit_stage, seed_everything
 from .config import AAClipTrainSettings
@@ -37,7 +44,12 @@ def train_text_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str
                      print_freq: int = 1, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
     """Stage 1: train the text adapter (Adam, no schedule) on segmentation + disentangle loss."""
     detector.config.adapt_text = True
-    loader = EpochLoader(dataset, batch_size=settings.text_batch_size, seed=settings.seed, num_workers=num_workers)
+    loader = EpochLoader(dataset, batch_size=settings.text_batch_size, seed=settings.seed, num_workers=num_workers,
+                         whole_batches=True)
+    if get_world_size() > 1:
+        logger.info("Text stage: every process steps on the whole global batch of %d (its V-V attention "
+                    "(vv_axis=%s) and disentangle loss couple a batch's images); only data loading is split",
+                    settings.text_batch_size, settings.vv_axis)
     optimizer = torch.optim.Adam(detector.text_adapter.parameters(), lr=settings.text_lr, betas=ADAM_BETAS)
 
     def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -103,18 +115,26 @@ def _log_history(stage: str, result: StageResult) -> None:
 
 
 def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int,
-                            seed: int) -> Tuple[Dataset, Dataset]:
+                            seed: int, seeded_augmentation: bool = False) -> Tuple[Dataset, Dataset]:
     """(text-stage, image-stage) datasets: geometric augmentation for both, colour jitter for
-    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``."""
+    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``.
+
+    Augmentation draws from torch's global generator as the reference does, or, with
+    ``seeded_augmentation`` (always under ``torchrun``), from a generator per (seed, epoch, image).
+    """
+    if get_world_size() > 1 and not seeded_augmentation:
+        logger.info("Augmentation is drawn per (seed, epoch, image) under torchrun (as --seeded_augmentation)")
+        seeded_augmentation = True
     if shot > 0:
         samples = few_shot_subset(samples, shot, seed=seed)
     if not samples:
         raise ValueError("no training samples")
     mask_interpolation = AAClipDetector.mask_interpolation
+    text_seed, image_seed = (seed, seed + 1) if seeded_augmentation else (None, None)
     text_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                  augment=AAClipAugmentation(color_jitter=False))
+                                  augment=AAClipAugmentation(color_jitter=False, seed=text_seed))
     if text_dataset.image_level_only:
         raise ValueError(f"the training data under {root} has no pixel masks; both AA-CLIP stages need them")
     image_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                   augment=AAClipAugmentation(color_jitter=True))
+                                   augment=AAClipAugmentation(color_jitter=True, seed=image_seed))
     return text_dataset, image_dataset

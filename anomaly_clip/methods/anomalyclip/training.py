@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ...data.dataset import AnomalyDataset
+from ...engine.distributed import get_world_size
 from ...engine.feature_cache import EpochLoader, FeatureCache, choose_cache_mode
 from ...engine.training import StageResult, fit_stage, seed_everything
 from .config import TRAINING
@@ -46,7 +47,8 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
         names = {sample.class_name.replace("_", " ") for sample in dataset.samples}
         if not names <= known:
             raise ValueError(f"object-aware prompts lack classes {sorted(names - known)}")
-    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), len(dataset), detector.device)
+    share = -(-len(dataset) // get_world_size())
+    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), share, detector.device)
     cache = None
     if mode != "off":
         cache = FeatureCache(len(dataset), mode, directory=Path(output_dir) / "feature_cache", device=detector.device)

@@ -77,7 +77,8 @@ class PromptAdapterFlags(AdaptedImageFlags):
         if getattr(args, "init_checkpoint", None):
             initialise_from_checkpoint(detector, args.init_checkpoint)
         _, image_dataset = build_training_datasets(samples, args.train_data_path, detector.image_size,
-                                                   shots_from_args(args), settings.seed)
+                                                   shots_from_args(args), settings.seed,
+                                                   seeded_augmentation=args.seeded_augmentation)
         train_image_stage(detector, image_dataset, args.save_path, settings, run_settings=run_settings(args),
                           **stage_options)
         last = checkpoint_path(Path(args.save_path), "image", settings.image_epoch)
