@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, Iterable, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone
 from ..data.dataset import load_image
+
+PatchFeatures = Dict[int, torch.Tensor]
+"""Unit-norm patch features (B, N, E) per visual block (1-based), class token excluded."""
+
 
 def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
     """Identity of the parameters' current values: it changes with every in-place update
@@ -80,6 +84,21 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
         """Score a batch of preprocessed images (B, 3, S, S)."""
+
+    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+                                    ) -> Tuple[Prediction, PatchFeatures]:
+        """:meth:`predict` and the patch features its maps were computed from, in one backbone pass
+        (few-shot normal references compare them with a memory bank)."""
+        raise NotImplementedError(f"{self.method_name or type(self).__name__} exposes no patch features")
+
+    def patch_features(self, images: torch.Tensor) -> PatchFeatures:
+        """The patch features of :meth:`predict_with_patch_features` alone (reference images)."""
+        raise NotImplementedError(f"{self.method_name or type(self).__name__} exposes no patch features")
+
+    def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, L, h, w) per-layer maps on the patch grid -> (B, size, size) anomaly maps, upsampled,
+        smoothed and summed over layers the way the method makes its own maps."""
+        raise NotImplementedError(f"{self.method_name or type(self).__name__} has no patch-map smoothing")
 
     def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
                            map_floors: torch.Tensor) -> torch.Tensor:

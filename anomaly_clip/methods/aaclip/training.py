@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from ...data.augment import AAClipAugmentation
 from ...data.dataset import AnomalyDataset
 from ...data.fewshot import few_shot_subset
+from ...data.pseudo_anomaly import PseudoAnomalies, apply_pseudo_anomalies, require_anomalies
 from ...engine.feature_cache import EpochLoader
 from ...engine.training import StageResult, checkpoint_path, fit_stage, seed_everything
 from .config import AAClipTrainSettings
@@ -102,19 +103,22 @@ def _log_history(stage: str, result: StageResult) -> None:
         logger.info("%s stage already complete (resumed)", stage)
 
 
-def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int,
-                            seed: int) -> Tuple[Dataset, Dataset]:
+def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int, seed: int,
+                            pseudo_anomalies: Optional[PseudoAnomalies] = None) -> Tuple[Dataset, Dataset]:
     """(text-stage, image-stage) datasets: geometric augmentation for both, colour jitter for
-    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``."""
+    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``;
+    ``pseudo_anomalies`` paints defects on normal images of both."""
     if shot > 0:
         samples = few_shot_subset(samples, shot, seed=seed)
     if not samples:
         raise ValueError("no training samples")
     mask_interpolation = AAClipDetector.mask_interpolation
-    text_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                  augment=AAClipAugmentation(color_jitter=False))
-    if text_dataset.image_level_only:
+    text_dataset, image_dataset = (
+        apply_pseudo_anomalies(AnomalyDataset(samples, root, image_size=image_size,
+                                              mask_interpolation=mask_interpolation,
+                                              augment=AAClipAugmentation(color_jitter=jitter)), pseudo_anomalies)
+        for jitter in (False, True))
+    require_anomalies(text_dataset, root)
+    if not text_dataset.has_masks:
         raise ValueError(f"the training data under {root} has no pixel masks; both AA-CLIP stages need them")
-    image_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                   augment=AAClipAugmentation(color_jitter=True))
     return text_dataset, image_dataset
