@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +197,24 @@ def test_aaclip_through_calibrate_and_predict(synthetic, mixed_folder, tmp_path)
     alone = model.predict_paths([scored[2].path], class_names=["fabric"])
     assert alone.scores[0].item() == pytest.approx(scored[2].score, abs=1e-5)
     assert read_map_png16(tmp_path / "out" / "maps" / "gray.png.png").shape == SIZES["gray.png"]
+
+
+def test_predict_fuses_normal_references(checkpoint, synthetic, tmp_path):
+    """A reference identical to the input: weight 1 scores by the references alone, which see no
+    anomaly (distance 0 everywhere); the bank saved once loads again with the same scores."""
+    good = sorted((Path(synthetic) / "fabric" / "train" / "good").glob("*.png"))[0]
+    references = tmp_path / "refs"
+    references.mkdir()
+    shutil.copy(good, references / "ref.png")
+    base = ["--checkpoint_path", str(checkpoint), "--input", str(good), "--device", "cpu", "--num_workers", "0"]
+    rows = cli.predict_main(base + ["--reference_images", str(references), "--class_name", "fabric",
+                                    "--reference_weight", "1", "--save-maps", "npz", "--save_path", str(tmp_path / "out"),
+                                    "--save_reference_bank", str(tmp_path / "bank.pt")])
+    assert rows[0].score == pytest.approx(0.0, abs=1e-5)
+    saved = np.load(next((tmp_path / "out" / "maps").rglob("*.npz")))
+    assert np.abs(saved[saved.files[0]]).max() < 1e-5
+    again = cli.predict_main(base + ["--reference_images", str(tmp_path / "bank.pt"), "--class_name", "fabric",
+                                     "--reference_weight", "1", "--save_path", str(tmp_path / "again")])
+    assert again[0].score == pytest.approx(rows[0].score, abs=1e-6)
+    plain = cli.predict_main(base + ["--save_path", str(tmp_path / "plain")])
+    assert plain[0].score > 0.01

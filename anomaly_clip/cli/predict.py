@@ -11,14 +11,18 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
+import torch
+
+from ..data.fewshot import folder_references
 from ..engine.calibration import Calibration
-from ..engine.detector import AnomalyDetector
+from ..engine.detector import AnomalyDetector, Prediction
 from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
 from ..engine.flags import add_backbone_arguments, backbone_config_from_args, setup_logging
 from ..engine.inference import ImagePrediction, expand_inputs, predict_files
 from ..engine.outputs import MAP_FORMATS, PredictionFiles, common_root, write_predictions_csv
+from ..engine.references import MemoryBank, predict_with_references
 from ..methods import METHODS, get_method, identify_checkpoint, load
 
 logger = logging.getLogger(__name__)
@@ -74,8 +78,35 @@ def build_predict_parser(method: str) -> argparse.ArgumentParser:
                              "16-bit PNG with its value range in the PNG text)")
     parser.add_argument("--overlays", action="store_true",
                         help="write image | heatmap overlay | predicted-mask outline panels with score and decision")
+    group = parser.add_argument_group("few-shot normal references")
+    group.add_argument("--reference_images", default=None, metavar="DIR|FILE",
+                       help="normal images of the product (one sub-folder per class, or images of --class_name), "
+                            "or a memory bank saved by test.py/predict --save_reference_bank")
+    group.add_argument("--reference_weight", type=float, default=0.5, metavar="W",
+                       help="map = (1-W) method map + W reference map; score likewise (default 0.5)")
+    group.add_argument("--save_reference_bank", default=None, metavar="FILE", help="write the memory bank to FILE")
     get_method(method).flags.add_test_arguments(parser)
     return parser
+
+
+def reference_scorer(args: argparse.Namespace, detector: AnomalyDetector
+                     ) -> Optional[Callable[[torch.Tensor, Optional[List[str]]], Prediction]]:
+    """Prediction fused with a memory bank of ``--reference_images`` (built once), or None."""
+    if args.reference_images is None:
+        if args.save_reference_bank:
+            raise ValueError("--save_reference_bank needs --reference_images")
+        return None
+    if not 0.0 <= args.reference_weight <= 1.0:
+        raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
+    if Path(args.reference_images).is_file():
+        bank = MemoryBank.load(args.reference_images, detector)
+    else:
+        bank = MemoryBank.build(detector, folder_references(args.reference_images, args.class_name),
+                                batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+    if args.save_reference_bank and is_main_process():
+        bank.save(args.save_reference_bank)
+    logger.info("Fusing with normal references of %s (weight %g)", ", ".join(bank.class_names), args.reference_weight)
+    return lambda images, names: predict_with_references(detector, images, names, bank, args.reference_weight)
 
 
 def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
@@ -97,7 +128,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
     mine = shard_items(paths, block=args.batch_size)
     rows = predict_files(detector, mine, class_names=[args.class_name] * len(mine), batch_size=args.batch_size,
                          num_workers=args.num_workers, precision=args.precision, calibration=calibration,
-                         sink=files if writes_files else None, keep_originals=files.needs_originals)
+                         sink=files if writes_files else None, keep_originals=files.needs_originals,
+                         score_batch=reference_scorer(args, detector))
     rows = gather_in_order(rows, dst=None)
     if not is_main_process():
         return rows
@@ -105,7 +137,9 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
     settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": args.input,
                 "class_name": args.class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(files.value_range) if files.value_range else None,
-                "random_init": detector.backbone.config.random_init}
+                "random_init": detector.backbone.config.random_init,
+                "references": ({"source": str(args.reference_images), "weight": args.reference_weight}
+                               if args.reference_images else None)}
     (Path(args.save_path) / "predict_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     scored = [row for row in rows if not row.error]
     anomalous = sum(1 for row in scored if row.label == 1)

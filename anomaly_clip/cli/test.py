@@ -9,7 +9,9 @@ from typing import Optional, Sequence
 
 from ..engine.distributed import init_distributed, is_main_process
 from ..engine.evaluation import METRIC_LEVELS, evaluate
-from ..engine.flags import add_backbone_arguments, add_data_arguments, backbone_config_from_args, setup_logging
+from ..engine.flags import (add_backbone_arguments, add_data_arguments, add_reference_arguments,
+                            backbone_config_from_args, setup_logging)
+from ..engine.references import memory_bank_from_args
 from ..methods import METHODS, get_method, identify_checkpoint, load
 from .config import add_config_argument, parse_arguments, preparse, read_config_file, write_resolved_config
 
@@ -34,6 +36,7 @@ def build_test_parser(method: str) -> argparse.ArgumentParser:
                         help="write one .npz per class (paths, labels, scores, maps)")
     parser.add_argument("--visualize", action="store_true", help="write image | mask | map overlays as PNG")
     add_config_argument(parser, "test")
+    add_reference_arguments(parser)
     add_backbone_arguments(parser)
     spec.flags.add_test_arguments(parser)
     return parser
@@ -58,15 +61,20 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         configure_backbone=lambda base: backbone_config_from_args(args, base),
     )
     dataset = flags.evaluation_dataset(args, detector)
+    bank = memory_bank_from_args(args, detector)
     report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                       metrics=args.metrics, aupro=args.aupro, precision=args.precision,
                       save_predictions=args.save_predictions,
-                      visualize=Path(args.save_path) / "heatmaps" if args.visualize else None)
+                      visualize=Path(args.save_path) / "heatmaps" if args.visualize else None,
+                      references=bank, reference_weight=args.reference_weight)
     settings = {
         "method": detector.method_name, "dataset": args.dataset or Path(args.data_path).name,
         "checkpoint": str(args.checkpoint_path), "method_config": detector.config.to_dict(),
         "backbone_config": detector.backbone.config.to_dict(), "metrics": args.metrics, "aupro": args.aupro,
     }
+    if bank is not None:
+        settings["references"] = {"source": str(args.reference_images), "weight": args.reference_weight,
+                                  "images_per_class": {name: len(paths) for name, paths in bank.sources.items()}}
     if args.config:
         settings["config"] = str(args.config)
         reference = read_config_file(args.config).get("reference")

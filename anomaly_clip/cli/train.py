@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..engine.distributed import init_distributed, is_main_process
-from ..engine.flags import add_backbone_arguments, add_data_arguments, setup_logging
+from ..engine.flags import add_backbone_arguments, add_data_arguments, add_pseudo_anomaly_arguments, setup_logging
 from ..methods import METHODS, get_method
 from .config import add_config_argument, parse_arguments, preparse, write_resolved_config
 
@@ -21,6 +21,7 @@ def build_train_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--method", default="anomalyclip", choices=sorted(METHODS), help="method to train")
     parser.add_argument("--save_path", default="./checkpoints", help="folder for checkpoints and the log")
     add_data_arguments(parser, "--train_data_path", split_default="test")
+    add_pseudo_anomaly_arguments(parser)
     parser.add_argument("--seed", type=int, default=111, help="random seed")
     parser.add_argument("--print_freq", type=int, default=1, help="log every N epochs")
     parser.add_argument("--save_freq", type=int, default=1, help="checkpoint every N epochs")

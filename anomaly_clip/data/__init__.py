@@ -1,5 +1,5 @@
-"""Datasets: metadata formats, the registry of published layouts, loading, few-shot subsets,
-augmentation and the synthetic dataset.
+"""Datasets: metadata formats, the registry of published layouts, loading, few-shot subsets and
+references, augmentation, pseudo-anomalies and the synthetic dataset.
 
 Names are imported lazily so that ``python -m anomaly_clip.data.<module>`` command lines and
 light users (the metadata generator) do not load more than they need.
@@ -21,7 +21,8 @@ _EXPORTS: Dict[str, str] = {
     "OPENAI_CLIP_MEAN": "dataset", "OPENAI_CLIP_STD": "dataset", "MissingMaskError": "dataset",
     "DatasetValidationError": "dataset",
     "UnreadableImageError": "imaging",
-    "few_shot_subset": "fewshot",
+    "few_shot_subset": "fewshot", "normal_references": "fewshot", "folder_references": "fewshot",
+    "PseudoAnomalies": "pseudo_anomaly", "PseudoAnomalyDataset": "pseudo_anomaly",
     "AAClipAugmentation": "augment",
     "generate_synthetic_dataset": "synthetic", "SYNTHETIC_CLASSES": "synthetic",
 }

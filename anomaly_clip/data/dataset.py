@@ -156,27 +156,46 @@ class AnomalyDataset(Dataset):
             raise MissingMaskError(f"mask {path} of anomalous image {self.image_path(index)} not found")
         return mask_to_tensor(read_binary_mask(path), self.image_size, self.mask_interpolation)
 
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        sample = self.samples[index]
-        path = self.image_path(index)
-        image = read_rgb(path, self.high_bit_depth)
-        generator = None
+    @property
+    def varies_by_epoch(self) -> bool:
+        """Whether an image's tensors change from epoch to epoch (random augmentation)."""
+        return self.augment is not None
+
+    def augmentation_generator(self, index: int) -> Optional[torch.Generator]:
+        """The seeded generator of sample ``index`` this epoch (None: torch's global one)."""
         if self.augment is not None and hasattr(self.augment, "generator"):
-            generator = self.augment.generator(index, self.epoch)
-        if self.augment is not None and hasattr(self.augment, "photometric"):
+            return self.augment.generator(index, self.epoch)
+        return None
+
+    def resized_image(self, index: int, generator: Optional[torch.Generator] = None,
+                      photometric: bool = True) -> Image.Image:
+        """Sample ``index`` as an 8-bit RGB image at the model's size, after the photometric
+        augmentation unless ``photometric`` is False: the stage where pseudo-anomalies are painted."""
+        image = read_rgb(self.image_path(index), self.high_bit_depth)
+        if photometric and self.augment is not None and hasattr(self.augment, "photometric"):
             image = self.augment.photometric(image, generator)
-        tensor = self.transform(image)
-        mask = self._mask(index)
+        return self.transform.resize(image)
+
+    def make_item(self, index: int, image: Image.Image, mask: torch.Tensor, label: int,
+                  generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+        """Normalise a resized image, apply the geometric augmentation to it and its (1, S, S)
+        mask together, and return the item of sample ``index``."""
+        tensor = normalize(image)
         if self.augment is not None:
             tensor, mask = self.augment(tensor, mask, generator)
         return {
             "image": tensor,
             "mask": mask,
-            "label": torch.tensor(sample.label, dtype=torch.int64),
-            "class_name": sample.class_name,
-            "path": str(path),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "class_name": self.samples[index].class_name,
+            "path": str(self.image_path(index)),
             "index": index,
         }
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        generator = self.augmentation_generator(index)
+        image = self.resized_image(index, generator)
+        return self.make_item(index, image, self._mask(index), self.samples[index].label, generator)
 
     def _problems(self, index: int, decode: bool) -> List[str]:
         problems = []

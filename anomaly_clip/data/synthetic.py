@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 SYNTHETIC_CLASSES = ("fabric", "mesh", "marble", "washer", "tile", "pill")
 DEFECT_TYPES = ("scratch", "blob", "crack", "missing", "stain")
+DONOR_DEFECTS = ("cutpaste",)
 MIN_CHANGE = 24
 MARKER = "synthetic.json"
 _SPLIT_CODES = {"train": 0, "test": 1}
@@ -38,11 +39,13 @@ _SPLIT_CODES = {"train": 0, "test": 1}
 
 @dataclass(frozen=True)
 class Scene:
-    """A defect-free rendering: the image, where defects may go, and what shows through a hole."""
+    """A defect-free image: the image, where defects may go, what shows through a hole, and
+    optionally a ``donor`` image of the same kind that a cut-paste defect copies a patch from."""
 
     image: np.ndarray
     support: np.ndarray
     background: np.ndarray
+    donor: Optional[np.ndarray] = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,11 @@ def _walk(start: Tuple[int, int], steps: int, step: float, turn: float, rng: np.
     return np.rint(np.vstack([start, np.asarray(start) + offsets])).astype(np.int32)
 
 
+def _line_thickness(size: int, rng: np.random.Generator) -> int:
+    """1-2 px at the generator's 128 px, proportionally thicker on larger images."""
+    return int(rng.integers(1, 3)) * max(1, round(size / 128))
+
+
 def _defect_region(kind: str, scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """Boolean region of one defect (before clipping to the object)."""
     size = scene.image.shape[0]
@@ -196,24 +204,29 @@ def _defect_region(kind: str, scene: Scene, rng: np.random.Generator) -> np.ndar
         centre = _random_point(scene.support, rng)
     if kind == "scratch":
         points = _walk(centre, 2, size * rng.uniform(0.12, 0.22), 0.3, rng)
-        cv2.polylines(canvas, [points], False, 1, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
+        cv2.polylines(canvas, [points], False, 1, thickness=_line_thickness(size, rng), lineType=cv2.LINE_8)
     elif kind == "crack":
         points = _walk(centre, int(rng.integers(8, 14)), size * rng.uniform(0.025, 0.04), 0.7, rng)
-        cv2.polylines(canvas, [points], False, 1, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_8)
+        cv2.polylines(canvas, [points], False, 1, thickness=_line_thickness(size, rng), lineType=cv2.LINE_8)
     elif kind in ("blob", "missing"):
         radius = size * (rng.uniform(0.05, 0.1) if kind == "blob" else rng.uniform(0.08, 0.13))
         cv2.fillPoly(canvas, [_irregular_polygon(centre, radius, rng)], 1, lineType=cv2.LINE_8)
     elif kind == "stain":
         axes = (int(size * rng.uniform(0.06, 0.12)), int(size * rng.uniform(0.04, 0.08)))
         cv2.ellipse(canvas, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1, lineType=cv2.LINE_8)
+    elif kind == "cutpaste":
+        sides = (size * rng.uniform(0.1, 0.25), size * rng.uniform(0.05, 0.2))
+        corners = cv2.boxPoints((centre, sides, float(rng.uniform(0, 180))))
+        cv2.fillPoly(canvas, [np.rint(corners).astype(np.int32)], 1, lineType=cv2.LINE_8)
     else:
-        raise ValueError(f"unknown defect {kind!r}; known: {DEFECT_TYPES}")
+        raise ValueError(f"unknown defect {kind!r}; known: {DEFECT_TYPES + DONOR_DEFECTS}")
     return canvas.astype(bool)
 
 
 def _defect_pixels(kind: str, scene: Scene, rng: np.random.Generator) -> np.ndarray:
     """What the defect looks like everywhere (only its region is used)."""
     clean = scene.image.astype(np.float64)
+    size = clean.shape[0]
     if kind == "scratch":
         return clean + (90.0 if rng.random() < 0.5 else -90.0)
     if kind == "crack":
@@ -223,6 +236,11 @@ def _defect_pixels(kind: str, scene: Scene, rng: np.random.Generator) -> np.ndar
         return np.broadcast_to(colour, clean.shape) + rng.normal(0, 4, clean.shape)
     if kind == "stain":
         return 0.45 * clean + 0.55 * rng.uniform(0, 255, 3)
+    if kind == "cutpaste":
+        # The donor moved by a random shift (a patch from elsewhere), flipped half of the time.
+        donor = scene.donor[:, ::-1] if rng.random() < 0.5 else scene.donor
+        shift = tuple(int(v) for v in rng.integers(0, size, 2))
+        return np.roll(donor, shift, axis=(0, 1)).astype(np.float64)
     return scene.background.astype(np.float64)
 
 
@@ -240,7 +258,10 @@ def _force_change(clean: np.ndarray, changed: np.ndarray, mask: np.ndarray) -> n
 def add_defect(scene: Scene, kind: str, rng: np.random.Generator,
                min_fraction: float = 0.002) -> Tuple[np.ndarray, np.ndarray]:
     """``(image, mask)``: ``scene`` with one defect of ``kind`` on its object; ``mask`` is exactly
-    the set of changed pixels and covers at least ``min_fraction`` of the image."""
+    the set of changed pixels and covers at least ``min_fraction`` of the image. A ``cutpaste``
+    defect needs ``scene.donor``."""
+    if kind in DONOR_DEFECTS and scene.donor is None:
+        raise ValueError(f"a {kind} defect copies from a donor image; the scene has none")
     size = scene.image.shape[0]
     minimum = max(3, int(min_fraction * size * size))
     for _ in range(50):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Type, Union
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
@@ -15,6 +15,10 @@ from torch import nn
 from ..clip.backbone import BackboneConfig, CLIPBackbone
 from .calibration import Calibration
 from .inference import predict_files, raise_for_errors
+
+PatchFeatures = Dict[int, torch.Tensor]
+"""Unit-norm patch features (B, N, E) per visual block (1-based), class token excluded."""
+
 
 def parameter_state(parameters: Iterable[torch.Tensor]) -> tuple:
     """Identity of the parameters' current values: it changes with every in-place update
@@ -111,6 +115,21 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
                 f"anomaly_clip.data.load_image(path, {size})")
         if class_names is not None and len(class_names) != images.shape[0]:
             raise ValueError(f"got {len(class_names)} class names for {images.shape[0]} images")
+
+    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+                                    ) -> Tuple[Prediction, PatchFeatures]:
+        """:meth:`predict` and the patch features its maps were computed from, in one backbone pass
+        (few-shot normal references compare them with a memory bank)."""
+        raise TypeError(f"{self.method_name or type(self).__name__} exposes no patch features (needed by --reference_images)")
+
+    def patch_features(self, images: torch.Tensor) -> PatchFeatures:
+        """The patch features of :meth:`predict_with_patch_features` alone (reference images)."""
+        raise TypeError(f"{self.method_name or type(self).__name__} exposes no patch features (needed by --reference_images)")
+
+    def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, L, h, w) per-layer maps on the patch grid -> (B, size, size) anomaly maps, upsampled,
+        smoothed and summed over layers the way the method makes its own maps."""
+        raise TypeError(f"{self.method_name or type(self).__name__} has no patch-map smoothing (needed by --reference_images)")
 
     def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
                            map_floors: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .distributed import (broadcast_object, gather_objects, get_rank, get_world_
                           shard_dataset)
 from ..metrics import AnomalyEvaluator, MetricsReport
 from .precision import autocast
+from .references import MemoryBank, predict_with_references
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +138,10 @@ def write_visualizations(directory: Path, paths: List[str], class_names: List[st
 def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, num_workers: int = 2,
              metrics: str = "image-pixel-level", aupro: str = "compat", precision: str = "auto",
              save_predictions: Optional[str | Path] = None, visualize: Optional[str | Path] = None,
-             progress: bool = True) -> MetricsReport:
-    """Run ``detector`` over ``dataset`` in batches and compute per-class metrics.
+             progress: bool = True, references: Optional[MemoryBank] = None,
+             reference_weight: float = 0.5) -> MetricsReport:
+    """Run ``detector`` over ``dataset`` in batches and compute per-class metrics; with a memory
+    bank of normal ``references``, predictions are fused with it (see :mod:`.references`).
 
     Predictions stay on the device until they are handed to the metric accumulator, which keeps
     one compact host copy per class (see :class:`anomaly_clip.metrics.AnomalyEvaluator`). The
@@ -165,7 +168,10 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
         images = batch["image"].to(device, non_blocking=True)
         class_names = list(batch["class_name"])
         with autocast(device, precision):
-            prediction = detector.predict(images, class_names)
+            if references is None:
+                prediction = detector.predict(images, class_names)
+            else:
+                prediction = predict_with_references(detector, images, class_names, references, reference_weight)
         masks = batch["mask"].to(device).reshape(images.shape[0], *prediction.maps.shape[-2:]) > 0.5
         labels = batch["label"].to(device)
         evaluator.update(class_names, labels, prediction.scores, prediction.maps, masks)

@@ -128,10 +128,22 @@ class FeatureCache:
                 self.directory.rmdir()
 
 
-def choose_cache_mode(mode: str, bytes_per_sample: int, size: int, device: torch.device) -> str:
-    """Resolve ``auto``: the device when it is a GPU with room, host memory up to 8 GiB, else disk."""
+def choose_cache_mode(mode: str, bytes_per_sample: int, size: int, device: torch.device,
+                      varies_by_epoch: bool = False) -> str:
+    """Resolve ``auto``: the device when it is a GPU with room, host memory up to 8 GiB, else disk.
+
+    Training data that changes every epoch (pseudo-anomalies, augmentation) has no features to
+    replay: ``auto`` then means ``off``, and asking for a cache anyway is an error.
+    """
     if mode not in CACHE_MODES:
         raise ValueError(f"feature cache must be one of {CACHE_MODES}, got {mode!r}")
+    if varies_by_epoch:
+        if mode not in ("auto", "off"):
+            raise ValueError(f"a {mode} feature cache replays the first epoch's image features, but the training "
+                             f"images change every epoch (pseudo-anomalies or augmentation); use auto or off")
+        if mode == "auto":
+            logger.info("Training images change every epoch: image features are recomputed, not cached")
+        return "off"
     if mode != "auto":
         return mode
     total = bytes_per_sample * size

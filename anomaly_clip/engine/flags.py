@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from ..clip.backbone import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig
 from ..data.dataset import AnomalyDataset
 from ..data.formats import load_samples
+from ..data.pseudo_anomaly import PSEUDO_DEFECT_TYPES, PseudoAnomalies
 from .distributed import get_rank, is_distributed, is_main_process
 from .precision import PRECISIONS
 
@@ -74,6 +75,43 @@ def add_data_arguments(parser: argparse.ArgumentParser, path_flag: str, split_de
                        help=f"metadata split to read (default {split_default!r})")
     group.add_argument("--metadata", default=None, help="explicit metadata file (meta.json or jsonl)")
     group.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes")
+
+
+def add_pseudo_anomaly_arguments(parser: argparse.ArgumentParser) -> None:
+    """Training-data flags every method shares: pseudo-anomalies painted on normal images."""
+    group = parser.add_argument_group("pseudo-anomalies (training on normal images)")
+    group.add_argument("--synthesize_anomalies", type=float, default=0.0, metavar="P",
+                       help="paint a defect with its exact mask on a fraction P of the normal training images, "
+                            "anew every epoch (seeded by --seed); 0 (default) trains on the data as it is")
+    group.add_argument("--synthesize_defects", nargs="+", choices=PSEUDO_DEFECT_TYPES, default=None,
+                       metavar="KIND", help=f"defect kinds to paint (default all: {' '.join(PSEUDO_DEFECT_TYPES)})")
+
+
+def pseudo_anomalies_from_args(args: argparse.Namespace) -> Optional[PseudoAnomalies]:
+    """The pseudo-anomaly settings of a training run, None when it paints none."""
+    probability = getattr(args, "synthesize_anomalies", 0.0) or 0.0
+    if probability == 0:
+        if getattr(args, "synthesize_defects", None):
+            raise ValueError("--synthesize_defects needs --synthesize_anomalies P with P > 0")
+        return None
+    kinds = tuple(getattr(args, "synthesize_defects", None) or PSEUDO_DEFECT_TYPES)
+    return PseudoAnomalies(probability, kinds, seed=args.seed)
+
+
+def add_reference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Evaluation flags every method shares: few-shot normal references fused with its maps."""
+    group = parser.add_argument_group("few-shot normal references")
+    group.add_argument("--reference_images", default=None, metavar="K|DIR|FILE",
+                       help="K normal images per class from the dataset's --reference_split, a folder of normal "
+                            "images (one sub-folder per class, or --class_name), or a saved memory bank")
+    group.add_argument("--class_name", default=None, help="class of the images directly in a --reference_images DIR")
+    group.add_argument("--reference_weight", type=float, default=0.5, metavar="W",
+                       help="map = (1-W) text map + W reference map; score likewise with the reference map's "
+                            "maximum (default 0.5)")
+    group.add_argument("--reference_split", default="train", help="split the K references come from (default train)")
+    group.add_argument("--reference_seed", type=int, default=0, help="seed of the choice of K references per class")
+    group.add_argument("--save_reference_bank", default=None, metavar="FILE",
+                       help="write the memory bank to FILE, for --reference_images FILE later")
 
 
 def _quiet_open_clip(record: logging.LogRecord) -> bool:

@@ -153,8 +153,13 @@ def predict_files(detector: Scorer, paths: Sequence[str | os.PathLike],
                   class_names: Optional[Sequence[Optional[str]]] = None, batch_size: int = 8, num_workers: int = 0,
                   precision: str = "auto", calibration: Any = None, original_size: bool = True,
                   keep_maps: bool = False, sink: Optional[MapSink] = None, keep_originals: bool = False,
-                  high_bit_depth: str = "range", progress: bool = True) -> List[ImagePrediction]:
+                  high_bit_depth: str = "range", progress: bool = True,
+                  score_batch: Optional[Callable[[torch.Tensor, Optional[List[str]]], Any]] = None
+                  ) -> List[ImagePrediction]:
     """Score ``paths`` in batches and return one row per path, in order.
+
+    ``score_batch(images, class_names)`` replaces ``detector.predict`` (e.g. a prediction fused with
+    few-shot normal references, :func:`anomaly_clip.engine.references.predict_with_references`).
 
     The score is the detector's per-image score (:meth:`AnomalyDetector.image_scores` with the
     statistics of ``calibration``, a :class:`~anomaly_clip.engine.calibration.Calibration`, by
@@ -180,7 +185,7 @@ def predict_files(detector: Scorer, paths: Sequence[str | os.PathLike],
             images = torch.stack([item["image"] for item in readable]).to(device)
             names = [item["class_name"] for item in readable]
             with autocast(device, precision):
-                prediction = detector.predict(images, None if all(n is None for n in names) else names)
+                prediction = (score_batch or detector.predict)(images, None if all(n is None for n in names) else names)
             maps = prediction.maps.float()
             scores = detector.image_scores(prediction.scores.float(), maps.amax(dim=(-2, -1)),
                                            maps.amin(dim=(-2, -1)), statistics).float()

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 from ...clip.backbone import load_backbone
 from ...data.formats import load_samples
 from ...engine.checkpoint import initialise_from_checkpoint
-from ...engine.flags import MethodFlags, backbone_config_from_args, run_settings
+from ...engine.flags import MethodFlags, backbone_config_from_args, pseudo_anomalies_from_args, run_settings
 from ...engine.training import seed_everything
 from .class_prompts import read_descriptions
 from .config import DOMAIN_BLUR, IMAGE_SCORES, TEXT_LOSS_LEVELS, VV_AXES, AAClipConfig, AAClipTrainSettings
@@ -155,7 +155,8 @@ class AAClipFlags(AdaptedImageFlags):
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
         text_dataset, image_dataset = build_training_datasets(samples, args.train_data_path,
                                                               backbone.config.image_size, shot, settings.seed,
-                                                              seeded_augmentation=args.seeded_augmentation)
+                                                              seeded_augmentation=args.seeded_augmentation,
+                                                              pseudo_anomalies=pseudo_anomalies_from_args(args))
         logger.info("Training AA-CLIP on %s (%s split, %s, %d images), dataset descriptions %r: %s / %s",
                     args.train_data_path, args.split, f"{shot}-shot" if shot else "full shot", len(text_dataset),
                     config.dataset, json.dumps(config.to_dict()), json.dumps(asdict(settings)))

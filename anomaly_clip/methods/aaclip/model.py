@@ -23,7 +23,7 @@ from ...clip.backbone import BackboneConfig, CLIPBackbone
 from ...clip.blocks import block_attention, mlp_residual, run_block
 from ...clip.dpam import DPAMConfig, encode_image
 from ...data.registry import UnknownDatasetError, get_dataset_info
-from ...engine.detector import AnomalyDetector, Prediction, parameter_state
+from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction, parameter_state
 from ...engine.losses import classification_loss, segmentation_loss
 from ...engine.precision import float32_einsum
 from ...engine.smoothing import gaussian_blur
@@ -76,7 +76,12 @@ def anomaly_maps(patch_features: Sequence[torch.Tensor], anchors: torch.Tensor, 
     """Inference maps (B, size, size): per level ``(100 cos_a + 1 - 100 cos_n) / 2`` on the patch
     grid, Gaussian-blurred there, upsampled (bilinear, corners aligned), summed over levels."""
     levels = torch.stack([similarity_logits(features, anchors) for features in patch_features])
-    grid = (levels[:, :, 1] + 1 - levels[:, :, 0]) / 2
+    return level_maps_to_image((levels[:, :, 1] + 1 - levels[:, :, 0]) / 2, size, kernel_size, sigma)
+
+
+def level_maps_to_image(grid: torch.Tensor, size: int, kernel_size: int, sigma: float) -> torch.Tensor:
+    """(L, B, h, w) per-level patch-grid maps -> (B, size, size): Gaussian-blurred on the grid,
+    upsampled (bilinear, corners aligned) and summed over levels."""
     grid = gaussian_blur(grid.float(), kernel_size, sigma)
     count, batch, side, _ = grid.shape
     upsampled = F.interpolate(grid.reshape(count * batch, 1, side, side), size=(size, size), mode="bilinear",
@@ -265,7 +270,8 @@ class AdaptedImageDetector(AnomalyDetector):
             return DEFAULT_DOMAIN
         return domain
 
-    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+                                    ) -> Tuple[Prediction, PatchFeatures]:
         """Detection scores (B,) ``(det . t_abnormal + 1) / 2``, about [0, 1]; maps (B, S, S) summed
         over levels of the blurred ``(100 cos_abnormal + 1 - 100 cos_normal) / 2``: unbounded and
         often negative, on another scale than AnomalyCLIP's maps."""
@@ -277,7 +283,20 @@ class AdaptedImageDetector(AnomalyDetector):
             kernel, sigma = self.blur_parameters()
             maps = anomaly_maps(patch_features, anchors, images.shape[-1], kernel, sigma)
             scores = detection_scores(detection, anchors)
-        return Prediction(scores=scores.float(), maps=maps.float())
+        return Prediction(scores=scores.float(), maps=maps.float()), dict(zip(self.config.levels, patch_features))
+
+    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+        return self.predict_with_patch_features(images, class_names)[0]
+
+    def patch_features(self, images: torch.Tensor) -> PatchFeatures:
+        with torch.no_grad():
+            patch_features, _ = self.encode_image_features(images.to(self.device))
+        return dict(zip(self.config.levels, patch_features))
+
+    def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
+        """Blur on the grid, upsample and sum over levels, as the text maps (:func:`anomaly_maps`)."""
+        kernel, sigma = self.blur_parameters()
+        return level_maps_to_image(grid_maps.transpose(0, 1), size, kernel, sigma)
 
     def class_image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor,
                            map_floors: torch.Tensor) -> torch.Tensor:

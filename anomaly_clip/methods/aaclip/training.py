@@ -24,6 +24,7 @@ from ...data.augment import AAClipAugmentation
 from ...data.dataset import AnomalyDataset
 from ...data.fewshot import few_shot_subset
 from ...engine.distributed import get_world_size
+from ...data.pseudo_anomaly import PseudoAnomalies, apply_pseudo_anomalies, require_anomalies
 from ...engine.feature_cache import EpochLoader
 from ...engine.training import StageResult, checkpoint_path, fit_stage, seed_everything
 from .config import AAClipTrainSettings
@@ -114,10 +115,12 @@ def _log_history(stage: str, result: StageResult) -> None:
         logger.info("%s stage already complete (resumed)", stage)
 
 
-def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int,
-                            seed: int, seeded_augmentation: bool = False) -> Tuple[Dataset, Dataset]:
+def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, shot: int, seed: int,
+                            seeded_augmentation: bool = False,
+                            pseudo_anomalies: Optional[PseudoAnomalies] = None) -> Tuple[Dataset, Dataset]:
     """(text-stage, image-stage) datasets: geometric augmentation for both, colour jitter for
-    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``.
+    the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``;
+    ``pseudo_anomalies`` paints defects on normal images of both.
 
     Augmentation draws from torch's global generator as the reference does, or, with
     ``seeded_augmentation`` (always under ``torchrun``), from a generator per (seed, epoch, image).
@@ -130,11 +133,14 @@ def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, 
     if not samples:
         raise ValueError("no training samples")
     mask_interpolation = AAClipDetector.mask_interpolation
-    text_seed, image_seed = (seed, seed + 1) if seeded_augmentation else (None, None)
-    text_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                  augment=AAClipAugmentation(color_jitter=False, seed=text_seed))
-    if text_dataset.image_level_only:
+    seeds = (seed, seed + 1) if seeded_augmentation else (None, None)
+    text_dataset, image_dataset = (
+        apply_pseudo_anomalies(AnomalyDataset(samples, root, image_size=image_size,
+                                              mask_interpolation=mask_interpolation,
+                                              augment=AAClipAugmentation(color_jitter=jitter, seed=stage_seed)),
+                               pseudo_anomalies)
+        for jitter, stage_seed in zip((False, True), seeds))
+    require_anomalies(text_dataset, root)
+    if not text_dataset.has_masks:
         raise ValueError(f"the training data under {root} has no pixel masks; both AA-CLIP stages need them")
-    image_dataset = AnomalyDataset(samples, root, image_size=image_size, mask_interpolation=mask_interpolation,
-                                   augment=AAClipAugmentation(color_jitter=True, seed=image_seed))
     return text_dataset, image_dataset

@@ -10,9 +10,10 @@ from typing import Any, Dict, Optional
 from ...clip.backbone import load_backbone
 from ...data.dataset import AnomalyDataset
 from ...data.formats import load_samples
+from ...data.pseudo_anomaly import apply_pseudo_anomalies
 from ...engine.checkpoint import initialise_from_checkpoint
 from ...engine.feature_cache import CACHE_MODES
-from ...engine.flags import MethodFlags, backbone_config_from_args, run_settings
+from ...engine.flags import MethodFlags, backbone_config_from_args, pseudo_anomalies_from_args, run_settings
 from ...engine.training import seed_everything
 from .config import DEFAULTS, TRAINING, AnomalyCLIPConfig
 from .model import AnomalyCLIP
@@ -86,7 +87,9 @@ class AnomalyCLIPFlags(MethodFlags):
         if getattr(args, "init_checkpoint", None):
             initialise_from_checkpoint(detector, args.init_checkpoint)
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
-        dataset = AnomalyDataset(samples, args.train_data_path, image_size=backbone.config.image_size)
+        dataset = apply_pseudo_anomalies(AnomalyDataset(samples, args.train_data_path,
+                                                        image_size=backbone.config.image_size),
+                                         pseudo_anomalies_from_args(args))
         logger.info("Training AnomalyCLIP on %s (%s split, %d images): %s", args.train_data_path, args.split,
                     len(dataset), json.dumps(config.to_dict()))
         result = train_anomalyclip(

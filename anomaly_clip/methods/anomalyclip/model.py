@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ...clip.backbone import BackboneConfig, CLIPBackbone
 from ...clip.dpam import DPAMConfig, encode_image, patch_grid
-from ...engine.detector import AnomalyDetector, Prediction, parameter_state
+from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction, parameter_state
 from ...engine.losses import classification_loss, multi_level_segmentation_loss
 from ...engine.precision import float32_einsum
 from ...engine.smoothing import gaussian_filter
@@ -79,8 +79,13 @@ class AnomalyCLIP(AnomalyDetector):
         upsampled = F.interpolate(probabilities, size=(size, size), mode="bilinear", align_corners=False)
         return upsampled.reshape(batch, levels, 2, size, size)
 
+    def _layer_patches(self, features: Dict[str, torch.Tensor]) -> PatchFeatures:
+        patches = features["patches"][:, :, 1:]
+        return {layer: patches[:, index] for index, layer in enumerate(self.config.features_list)}
+
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+                                    ) -> Tuple[Prediction, PatchFeatures]:
         """Scores (B,) = abnormal probability in [0, 1]; maps (B, S, S) = per-layer
         ``(p_abnormal + 1 - p_normal) / 2`` summed over ``features_list``, so in [0, layers]."""
         self.check_images(images, class_names)
@@ -90,7 +95,18 @@ class AnomalyCLIP(AnomalyDetector):
         probabilities = self.layer_probabilities(features["patches"], text_rows, images.shape[-1])
         maps = ((probabilities[:, :, 1] + 1 - probabilities[:, :, 0]) / 2).sum(dim=1)
         maps = gaussian_filter(maps, self.config.sigma)
-        return Prediction(scores=scores.float(), maps=maps.float())
+        return Prediction(scores=scores.float(), maps=maps.float()), self._layer_patches(features)
+
+    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
+        return self.predict_with_patch_features(images, class_names)[0]
+
+    def patch_features(self, images: torch.Tensor) -> PatchFeatures:
+        return self._layer_patches(self.image_features(images))
+
+    def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
+        """Bilinear upsampling per layer, sum over layers, Gaussian filter (as :meth:`predict`)."""
+        upsampled = F.interpolate(grid_maps.float(), size=(size, size), mode="bilinear", align_corners=False)
+        return gaussian_filter(upsampled.sum(dim=1), self.config.sigma)
 
     def glocal_loss(self, features: Dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor,
                     class_names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
+from torch.utils.data import Dataset
 
-from ...data.dataset import AnomalyDataset
 from ...engine.distributed import get_world_size
+from ...data.pseudo_anomaly import require_anomalies
 from ...engine.feature_cache import EpochLoader, FeatureCache, choose_cache_mode
 from ...engine.training import StageResult, fit_stage, seed_everything
 from .config import TRAINING
@@ -25,7 +26,7 @@ def _feature_bytes(detector: AnomalyCLIP) -> int:
     return 4 * embed * (1 + len(detector.config.features_list) * tokens) + size * size + 16
 
 
-def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir: str | Path,
+def train_anomalyclip(detector: AnomalyCLIP, dataset: Dataset, output_dir: str | Path,
                       epochs: int = TRAINING.epochs, learning_rate: float = TRAINING.learning_rate,
                       batch_size: int = TRAINING.batch_size, seed: int = TRAINING.seed,
                       feature_cache: str = "auto", num_workers: int = 0, save_freq: int = 1,
@@ -36,9 +37,12 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
     With ``feature_cache`` other than ``off``, the first epoch stores the frozen image features
     and later epochs replay them; the per-epoch sample order is the same either way, so the
     learnt prompts equal those of recomputing the features every epoch (to float rounding: a
-    matmul may round differently when an image shares its batch with other images).
+    matmul may round differently when an image shares its batch with other images). Data that
+    changes every epoch (a :class:`~anomaly_clip.data.pseudo_anomaly.PseudoAnomalyDataset`) is
+    never cached.
     """
     seed_everything(seed)
+    require_anomalies(dataset, getattr(dataset, "root", "the training folder"))
     if detector.config.seg_loss_weight and getattr(dataset, "has_masks", True) is False:
         raise ValueError("the training data has no masks (image-level only): train the global loss alone "
                          "with --seg_loss_weight 0")
@@ -48,7 +52,8 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: AnomalyDataset, output_dir
         if not names <= known:
             raise ValueError(f"object-aware prompts lack classes {sorted(names - known)}")
     share = -(-len(dataset) // get_world_size())
-    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), share, detector.device)
+    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), share, detector.device,
+                             varies_by_epoch=getattr(dataset, "varies_by_epoch", False))
     cache = None
     if mode != "off":
         cache = FeatureCache(len(dataset), mode, directory=Path(output_dir) / "feature_cache", device=detector.device)

@@ -9,8 +9,9 @@ from pathlib import Path
 from ...clip.backbone import load_backbone
 from ...data.dataset import AnomalyDataset
 from ...data.formats import load_samples
+from ...data.pseudo_anomaly import apply_pseudo_anomalies
 from ...engine.checkpoint import initialise_from_checkpoint, load
-from ...engine.flags import backbone_config_from_args, run_settings
+from ...engine.flags import backbone_config_from_args, pseudo_anomalies_from_args, run_settings
 from ...engine.training import checkpoint_path, seed_everything
 from ..aaclip.flags import AdaptedImageFlags, settings_from_args, shots_from_args
 from ..aaclip.training import build_training_datasets, train_image_stage
@@ -51,6 +52,7 @@ class PromptAdapterFlags(AdaptedImageFlags):
         settings = settings_from_args(args)
         seed_everything(settings.seed)
         values = self.config_from_args(args)
+        pseudo_anomalies = pseudo_anomalies_from_args(args)
         samples = load_samples(args.train_data_path, split=args.split, metadata=args.metadata)
         stage_options = dict(num_workers=args.num_workers, resume=args.resume, precision=args.precision,
                              export_official=args.export_official, save_freq=args.save_freq,
@@ -68,8 +70,10 @@ class PromptAdapterFlags(AdaptedImageFlags):
             config = backbone_config_from_args(args, PromptAdapterDetector.default_backbone_config())
             detector = PromptAdapterDetector(load_backbone(config, args.device), PromptAdapterConfig.from_dict(values))
             prompts = AnomalyCLIP(detector.backbone, detector.prompt_config())
-            dataset = AnomalyDataset(samples, args.train_data_path, image_size=detector.image_size,
-                                     mask_interpolation=AnomalyCLIP.mask_interpolation)
+            dataset = apply_pseudo_anomalies(AnomalyDataset(samples, args.train_data_path,
+                                                            image_size=detector.image_size,
+                                                            mask_interpolation=AnomalyCLIP.mask_interpolation),
+                                             pseudo_anomalies)
             train_anomalyclip(prompts, dataset, Path(args.save_path) / "prompts", epochs=args.prompt_epoch,
                               learning_rate=args.prompt_lr, batch_size=args.prompt_batch_size, seed=settings.seed,
                               **stage_options)
@@ -78,7 +82,8 @@ class PromptAdapterFlags(AdaptedImageFlags):
             initialise_from_checkpoint(detector, args.init_checkpoint)
         _, image_dataset = build_training_datasets(samples, args.train_data_path, detector.image_size,
                                                    shots_from_args(args), settings.seed,
-                                                   seeded_augmentation=args.seeded_augmentation)
+                                                   seeded_augmentation=args.seeded_augmentation,
+                                                   pseudo_anomalies=pseudo_anomalies)
         train_image_stage(detector, image_dataset, args.save_path, settings, run_settings=run_settings(args),
                           **stage_options)
         last = checkpoint_path(Path(args.save_path), "image", settings.image_epoch)
