@@ -74,5 +74,6 @@ def test_training_and_evaluation_on_cuda_with_autocast(tiny_backbone_112, tmp_pa
     report_cpu = evaluate(detector_cpu, dataset, batch_size=4, num_workers=0, precision="fp32", progress=False)
     for gpu_row, cpu_row, mixed_row in zip(report_fp32.rows, report_cpu.rows, report_mixed.rows):
         assert gpu_row.image_auroc == pytest.approx(cpu_row.image_auroc, abs=1e-6)
-        assert gpu_row.pixel_auroc == pytest.approx(cpu_row.pixel_auroc, abs=1e-3)
+        # cuDNN runs the patch-embedding convolution in TF32 by default: pixel ranks move a little
+        assert gpu_row.pixel_auroc == pytest.approx(cpu_row.pixel_auroc, abs=5e-3)
         assert mixed_row.pixel_auroc == pytest.approx(cpu_row.pixel_auroc, abs=0.05)

@@ -75,7 +75,7 @@ def bar_run(checkpoint, mixed_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("predicted")
     main(["predict", "--checkpoint_path", str(checkpoint), "--input", str(mixed_folder), "--save_path", str(out),
           "--image_threshold", "0.5", "--pixel_threshold", "0.3", "--save-maps", "npz", "--overlays",
-          "--batch_size", "2", "--num_workers", "0"])
+          "--batch_size", "2", "--num_workers", "0", "--device", "cpu"])
     return out
 
 
@@ -190,7 +190,7 @@ def test_aaclip_through_calibrate_and_predict(synthetic, mixed_folder, tmp_path)
     assert set(calibration.score_statistics) == {"score_low", "score_high", "map_low", "map_high"}
     rows = cli.predict_main(["--checkpoint_path", str(last), "--input", str(mixed_folder), "--class_name", "fabric",
                              "--save_path", str(tmp_path / "out"), "--overlays", "--save-maps", "png16",
-                             "--batch_size", "3", *TINY[-2:]])
+                             "--batch_size", "3", *TINY[-4:]])
     scored = [r for r in rows if not r.error]
     assert len(scored) == len(SIZES) and all(r.label in (0, 1) for r in scored)
     model = anomaly_clip.load(last, device="cpu")
