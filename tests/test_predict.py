@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from anomaly_clip import cli
 from anomaly_clip.cli.main import main
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.calibration import Calibration, quantile_value, sidecar_path
+from anomaly_clip.engine.checkpoint import save_checkpoint
 from anomaly_clip.engine.inference import expand_inputs
 from anomaly_clip.engine.outputs import read_map_png16, write_map_png16
 
@@ -134,6 +136,21 @@ def test_calibration_round_trip_through_load(checkpoint, synthetic, tmp_path):
     assert decision.labels.tolist() == (prediction.scores >= calibration.image_threshold).tolist()
     assert [m.shape for m in decision.masks] == [m.shape for m in prediction.maps]
     assert model.decide(prediction, image_threshold=math.inf).labels.sum() == 0
+    copy = save_checkpoint(tmp_path / "copy.pth", model)
+    assert sidecar_path(copy).is_file() and anomaly_clip.load(copy, device="cpu").calibration == calibration
+
+
+def test_calibration_of_other_weights_is_not_used(checkpoint, synthetic, tmp_path):
+    model = anomaly_clip.load(checkpoint, device="cpu")
+    cli.calibrate_main(["--checkpoint_path", str(checkpoint), "--input", f"{synthetic}/fabric/test/good",
+                        "--normal-quantile", "1", "--output", str(tmp_path / "c.json"), *TINY[-4:]])
+    with torch.no_grad():
+        next(model.prompt_learner.parameters()).add_(1.0)
+    retrained = save_checkpoint(tmp_path / "retrained.pth", model)
+    Calibration.read(tmp_path / "c.json").save(sidecar_path(retrained))
+    assert anomaly_clip.load(retrained, device="cpu").calibration is None  # found beside it: warned, unused
+    with pytest.raises(ValueError, match="other weights"):
+        anomaly_clip.load(retrained, device="cpu", calibration=tmp_path / "c.json")
 
 
 def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_path):
@@ -149,8 +166,12 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         assert calibration.image_threshold == pytest.approx(prediction.scores.max().item(), abs=1e-6)
         assert calibration.pixel_threshold == pytest.approx(prediction.maps.max().item(), abs=1e-6)
         rows = cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", normal, "--save_path",
-                                 str(tmp_path), *TINY[-2:]])
+                                 str(tmp_path), "--overlays", "--map_range", "0", "3", *TINY[-2:]])
         assert [r.label for r in rows] != [None] * len(rows)
+        settings = json.loads((tmp_path / "predict_settings.json").read_text())
+        assert settings["overlay_colour_range"] == [0.0, 3.0]
+        assert settings["calibration"]["pixel_threshold"] == calibration.pixel_threshold
+        assert len(list((tmp_path / "overlays").rglob("*.png"))) == len(rows)
         assert sum(r.label for r in rows) >= 1  # the image at the maximum is called anomalous (score >= threshold)
     finally:
         sidecar_path(checkpoint).unlink()

@@ -3,7 +3,8 @@
 From a labelled dataset (``--data_path``, metadata as for ``test.py``): the F1-max image and pixel
 thresholds. From normal images only (``--normal-quantile q``, with ``--data_path`` using its
 normal images, or ``--input`` files/folders/globs of good parts): the ``q`` quantile of their
-scores and pixel values (``q = 1``: the maximum). Written to ``<checkpoint>.calibration.json``
+scores and of their maps' maxima (``q = 1``: the maximum), so a fraction ``q`` of them is called
+normal with an empty mask. Written to ``<checkpoint>.calibration.json``
 unless ``--output`` names another file (then pass it to ``predict --calibration``).
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ def build_calibrate_parser(method: str) -> argparse.ArgumentParser:
                         help="normal images only (files, folders, globs), instead of --data_path; needs "
                              "--normal-quantile")
     parser.add_argument("--normal-quantile", dest="normal_quantile", type=float, default=None,
-                        help="thresholds at this quantile of the normal images' scores and pixels (1 = maximum); "
+                        help="thresholds at this quantile of the normal images' scores and map maxima (1 = maximum); "
                              "default: F1-max on a labelled --data_path")
     parser.add_argument("--output", default=None,
                         help="calibration file to write (default: <checkpoint_path>.calibration.json)")
@@ -60,7 +61,8 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Calibration:
         dataset = flags.evaluation_dataset(args, detector)
         source = {"data_path": str(args.data_path), "split": args.split, "metadata": args.metadata}
     outputs = collect_outputs(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                              precision=args.precision, class_name=args.class_name)
+                              precision=args.precision, class_name=args.class_name,
+                              keep_maps=args.normal_quantile is None)
     calibration = calibrate(detector, outputs, normal_quantile=args.normal_quantile,
                             provenance={"checkpoint": str(args.checkpoint_path), "class_name": args.class_name,
                                         **source})

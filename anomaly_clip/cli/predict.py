@@ -78,6 +78,8 @@ def build_predict_parser(method: str) -> argparse.ArgumentParser:
                              "16-bit PNG with its value range in the PNG text)")
     parser.add_argument("--overlays", action="store_true",
                         help="write image | heatmap overlay | predicted-mask outline panels with score and decision")
+    parser.add_argument("--map_range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="colour scale of the overlays (default: the calibration's map range)")
     group = parser.add_argument_group("few-shot normal references")
     group.add_argument("--reference_images", default=None, metavar="DIR|FILE",
                        help="normal images of the product (one sub-folder per class, or images of --class_name), "
@@ -117,7 +119,10 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
     setup_logging(args.save_path, "predict_log.txt")
     detector = load_detector(args, method, args.calibration)
     calibration = detector.calibration or Calibration(method=detector.method_name)
-    calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold)
+    calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
+    class_name = args.class_name or calibration.provenance.get("class_name")
+    if class_name and not args.class_name:
+        logger.info("Class name %r from the calibration", class_name)
     paths = expand_inputs(args.input)
     logger.info("Scoring %d images with %s (image threshold %s, pixel threshold %s)", len(paths),
                 detector.method_name, calibration.image_threshold, calibration.pixel_threshold)
@@ -126,7 +131,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
                             value_range=calibration.map_range)
     writes_files = args.save_maps is not None or args.overlays
     mine = shard_items(paths, block=args.batch_size)
-    rows = predict_files(detector, mine, class_names=[args.class_name] * len(mine), batch_size=args.batch_size,
+    rows = predict_files(detector, mine, class_names=[class_name] * len(mine), batch_size=args.batch_size,
                          num_workers=args.num_workers, precision=args.precision, calibration=calibration,
                          sink=files if writes_files else None, keep_originals=files.needs_originals,
                          score_batch=reference_scorer(args, detector))
@@ -135,7 +140,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
         return rows
     table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
     settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": args.input,
-                "class_name": args.class_name, "calibration": calibration.to_dict(),
+                "class_name": class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(files.value_range) if files.value_range else None,
                 "random_init": detector.backbone.config.random_init,
                 "references": ({"source": str(args.reference_images), "weight": args.reference_weight}

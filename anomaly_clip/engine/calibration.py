@@ -2,7 +2,8 @@
 
 A score or a map value is only useful to a user once it is turned into a decision. Thresholds
 come from (a) a labelled set: the F1-max thresholds of the image scores and of the pixels,
-(b) normal images only: a quantile of their scores and pixel values (``q = 1``: the maximum), or
+(b) normal images only: a quantile ``q`` of their scores and of their maps' maxima, so that a
+fraction ``q`` of such images is called normal and gets an empty mask (``q = 1``: the maxima), or
 (c) by hand. They are stored as a JSON sidecar, ``<checkpoint>.calibration.json``, which
 :func:`anomaly_clip.load` reads, together with the method's score statistics (constants for the
 per-image score, see :meth:`AnomalyDetector.image_scores`), the range of the calibration maps
@@ -13,6 +14,7 @@ found on maps at model resolution and applied to maps upsampled to the original 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -70,14 +72,17 @@ class Calibration:
                 raise ValueError(f"map_range must be increasing, got {self.map_range}")
             self.map_range = (low, high)
 
-    def with_thresholds(self, image_threshold: Optional[float] = None,
-                        pixel_threshold: Optional[float] = None) -> "Calibration":
-        """A copy with the given thresholds replacing the stored ones (hand-set thresholds win)."""
+    def with_thresholds(self, image_threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
+                        map_range: Optional[Sequence[float]] = None) -> "Calibration":
+        """A copy with the given thresholds (and overlay colour range) replacing the stored ones:
+        values set by hand win."""
         changes: Dict[str, Any] = {}
         if image_threshold is not None:
             changes["image_threshold"] = float(image_threshold)
         if pixel_threshold is not None:
             changes["pixel_threshold"] = float(pixel_threshold)
+        if map_range is not None:
+            changes["map_range"] = tuple(float(v) for v in map_range)
         return replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -112,11 +117,35 @@ class Calibration:
             raise ValueError(f"cannot read calibration {path}: {error}") from error
 
 
-def attach_calibration(detector: Scorer, path: str | os.PathLike) -> Calibration:
-    """Read the calibration at ``path`` into ``detector.calibration`` (it must be of the same method)."""
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of learnt weights (names, dtypes, shapes, values): ties a calibration to the exact
+    model it was measured on, whatever file format the weights came from."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def attach_calibration(detector: Scorer, path: str | os.PathLike, required: bool = True) -> Optional[Calibration]:
+    """Read the calibration at ``path`` into ``detector.calibration``. It must be of the same
+    method and, when it records one, of the same weights: a mismatch is an error when the file
+    was asked for (``required``) and a warning, the file left unused, when it was only found
+    beside the checkpoint (e.g. a folder retrained after calibrating)."""
     calibration = Calibration.read(path)
+    problem = None
     if calibration.method != detector.method_name:
-        raise ValueError(f"calibration {path} is for {calibration.method}, not {detector.method_name}")
+        problem = f"calibration {path} is for {calibration.method}, not {detector.method_name}"
+    else:
+        recorded = calibration.provenance.get("weights_sha256")
+        if recorded and recorded != weights_fingerprint(detector.trainable_state_dict()):
+            problem = f"calibration {path} was made for other weights than those loaded"
+    if problem is not None:
+        if required:
+            raise ValueError(problem)
+        logger.warning("%s; not using it (calibrate again)", problem)
+        return None
     detector.calibration = calibration
     logger.info("Calibration from %s: image threshold %s, pixel threshold %s (%s)", path,
                 calibration.image_threshold, calibration.pixel_threshold, calibration.rule)
@@ -131,20 +160,21 @@ class CalibrationOutputs:
     map_peaks: torch.Tensor
     map_floors: torch.Tensor
     labels: torch.Tensor
-    maps: torch.Tensor
+    maps: Optional[torch.Tensor]
     masks: Optional[torch.Tensor]
     class_names: List[str]
 
 
 @torch.inference_mode()
 def collect_outputs(detector: Scorer, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
-                    precision: str = "auto", class_name: Optional[str] = None,
+                    precision: str = "auto", class_name: Optional[str] = None, keep_maps: bool = True,
                     progress: bool = True) -> CalibrationOutputs:
     """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
-    replaces the dataset's class names (the same name must then be given at predict time)."""
+    replaces the dataset's class names (predict then uses it by default). The maps are kept on
+    the host only with ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
     detector.eval()
     device = detector.device
-    has_masks = getattr(dataset, "has_masks", False)
+    has_masks = keep_maps and getattr(dataset, "has_masks", False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
     names: List[str] = []
@@ -158,13 +188,14 @@ def collect_outputs(detector: Scorer, dataset: Dataset, batch_size: int = 8, num
         parts["peaks"].append(maps.amax(dim=(-2, -1)))
         parts["floors"].append(maps.amin(dim=(-2, -1)))
         parts["labels"].append(batch["label"].to(device).bool())
-        parts["maps"].append(maps.cpu())
+        if keep_maps:
+            parts["maps"].append(maps.cpu())
         if has_masks:
             parts["masks"].append(batch["mask"].reshape(maps.shape) > 0.5)
         names += batch_names
     return CalibrationOutputs(
         scores=torch.cat(parts["scores"]), map_peaks=torch.cat(parts["peaks"]), map_floors=torch.cat(parts["floors"]),
-        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]),
+        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]) if keep_maps else None,
         masks=torch.cat(parts["masks"]) if has_masks else None, class_names=sorted(set(names)))
 
 
@@ -182,7 +213,7 @@ def quantile_value(values: torch.Tensor, q: float) -> float:
 def calibrate(detector: Scorer, outputs: CalibrationOutputs, normal_quantile: Optional[float] = None,
               provenance: Optional[Dict[str, Any]] = None) -> Calibration:
     """Thresholds from a detector's outputs: F1-max on a labelled set, or the ``normal_quantile``
-    of the normal images' per-image scores and pixel values."""
+    of the normal images' per-image scores and map maxima."""
     statistics = detector.score_statistics(outputs.scores, outputs.map_peaks, outputs.map_floors)
     scores = detector.image_scores(outputs.scores, outputs.map_peaks, outputs.map_floors, statistics).float()
     labels = outputs.labels
@@ -190,13 +221,14 @@ def calibrate(detector: Scorer, outputs: CalibrationOutputs, normal_quantile: Op
     record: Dict[str, Any] = {
         "num_images": int(labels.numel()), "num_anomalous": int(labels.sum()), "class_names": outputs.class_names,
         "random_init": bool(detector.backbone.config.random_init), "model_name": detector.backbone.config.model_name,
-        "image_size": detector.image_size, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "image_size": detector.image_size, "weights_sha256": weights_fingerprint(detector.trainable_state_dict()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if normal_quantile is not None:
         if not bool(normal.any()):
             raise ValueError("--normal-quantile needs normal images (label 0) in the calibration set")
         image_threshold = quantile_value(scores[normal], normal_quantile)
-        pixel_threshold = quantile_value(outputs.maps[normal.cpu()], normal_quantile)
+        pixel_threshold = quantile_value(outputs.map_peaks[normal], normal_quantile)
         rule = "normal-quantile"
         record["quantile"] = normal_quantile
     else:
@@ -206,7 +238,7 @@ def calibrate(detector: Scorer, outputs: CalibrationOutputs, normal_quantile: Op
         image_f1, image_threshold = binary_f1_max_threshold(scores, labels)
         record["image_f1_max"] = image_f1
         pixel_threshold = None
-        if outputs.masks is not None and bool(outputs.masks.any()):
+        if outputs.maps is not None and outputs.masks is not None and bool(outputs.masks.any()):
             pixel_f1, pixel_threshold = binary_f1_max_threshold(outputs.maps.reshape(-1), outputs.masks.reshape(-1))
             record["pixel_f1_max"] = pixel_f1
         else:

@@ -48,8 +48,12 @@ def checkpoint_payload(detector: AnomalyDetector, **extra: Any) -> Dict[str, Any
 
 
 def save_checkpoint(path: str | os.PathLike, detector: AnomalyDetector, **extra: Any) -> Path:
-    """Save ``detector`` in our format (atomically); ``extra`` entries are stored alongside."""
-    return atomic_save(checkpoint_payload(detector, **extra), path)
+    """Save ``detector`` in our format (atomically); ``extra`` entries are stored alongside, and a
+    calibrated detector's thresholds go to the sidecar :func:`load` reads."""
+    saved = atomic_save(checkpoint_payload(detector, **extra), path)
+    if detector.calibration is not None:
+        detector.calibration.save(sidecar_path(saved))
+    return saved
 
 
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
@@ -105,8 +109,8 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
     else the checkpoint's (or the method default), passed through ``configure_backbone`` and
     updated by keyword overrides (e.g. ``weights_path=..., image_size=...``). A ready
     ``backbone`` may be passed to share one across detectors. The thresholds in ``calibration``
-    (a calibration JSON), else in the sidecar ``<checkpoint>.calibration.json`` when present,
-    become ``detector.calibration``.
+    (a calibration JSON), else in the sidecar ``<checkpoint>.calibration.json`` when present and
+    made for these weights, become ``detector.calibration``.
     """
     method, payload, own = identify_checkpoint(checkpoint)
     cls = find_method(method).detector
@@ -129,9 +133,10 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
         detector.load_official_checkpoint(payload)
     detector.eval()
     logger.info("Loaded %s detector from %s", method, checkpoint)
-    sidecar = Path(calibration) if calibration is not None else sidecar_path(checkpoint)
-    if calibration is not None or sidecar.is_file():
-        attach_calibration(detector, sidecar)
+    if calibration is not None:
+        attach_calibration(detector, calibration)
+    elif sidecar_path(checkpoint).is_file():
+        attach_calibration(detector, sidecar_path(checkpoint), required=False)
     return detector
 
 

@@ -88,8 +88,9 @@ class PredictionFiles:
     (``npz``: float32 ``map`` and ``score``; ``png16``) under ``maps/``, and overlay panels
     under ``overlays/``, named after each input's path below ``root``.
 
-    Overlays share one colour scale: ``value_range`` (from the calibration's map range), or,
-    when there is none, the range of the first map written (logged, so runs stay comparable).
+    Overlays share one colour scale: ``value_range`` (``--map_range``, else the calibration's map
+    range), or, when there is none, the range of the first map written (logged, so the run's
+    images stay comparable with each other).
     """
 
     def __init__(self, directory: str | os.PathLike, root: Path, save_maps: Optional[str] = None,
