@@ -19,7 +19,8 @@ from ..engine.calibration import Calibration, calibrate, collect_outputs, image_
 from ..engine.flags import add_data_arguments, setup_logging
 from ..engine.inference import expand_inputs
 from ..methods import get_method
-from .predict import add_model_arguments, load_detector, method_of
+from .config import checkpoint_method
+from .predict import add_model_arguments, load_detector
 
 
 def build_calibrate_parser(method: str) -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_calibrate_parser(method: str) -> argparse.ArgumentParser:
 
 def calibrate_main(argv: Optional[Sequence[str]] = None) -> Calibration:
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = method_of(argv)
+    method = checkpoint_method(argv)
     parser = build_calibrate_parser(method)
     args = parser.parse_args(argv)
     if (args.data_path is None) == (args.input is None):

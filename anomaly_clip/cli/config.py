@@ -16,6 +16,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
+from ..methods import identify_checkpoint
+
 SECTIONS = ("train", "test")
 DESCRIPTIVE_KEYS = ("description", "reference")
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^${}]*))?\}")
@@ -192,3 +194,14 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str], sectio
     if path:
         check_unset_variables(args, parser, path)
     return args
+
+
+def checkpoint_method(argv: Sequence[str], section: str = "test") -> str:
+    """The method whose flags a checkpoint-reading command needs: ``--method`` (command line or
+    config file), else the one found in ``--checkpoint_path``, else AnomalyCLIP (for ``--help``)."""
+    known = preparse(argv, section, ["method", "checkpoint_path"])
+    if known["method"]:
+        return known["method"]
+    if known["checkpoint_path"] and "-h" not in argv and "--help" not in argv:
+        return identify_checkpoint(known["checkpoint_path"])[0]
+    return "anomalyclip"

@@ -23,7 +23,8 @@ from ..engine.flags import add_backbone_arguments, backbone_config_from_args, se
 from ..engine.inference import ImagePrediction, expand_inputs, predict_files
 from ..engine.outputs import MAP_FORMATS, PredictionFiles, common_root, write_predictions_csv
 from ..engine.references import MemoryBank, predict_with_references
-from ..methods import METHODS, get_method, identify_checkpoint, load
+from ..methods import METHODS, get_method, load
+from .config import checkpoint_method
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object name for AA-CLIP's text anchors (e.g. 'screw'); AnomalyCLIP ignores it")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     add_backbone_arguments(parser)
-
-
-def method_of(argv: Sequence[str]) -> str:
-    """The method named by ``--method`` or found in ``--checkpoint_path`` (for its own flags)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default=None)
-    pre.add_argument("--checkpoint_path", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.method:
-        return known.method
-    if known.checkpoint_path and "-h" not in argv and "--help" not in argv:
-        return identify_checkpoint(known.checkpoint_path)[0]
-    return "anomalyclip"
 
 
 def load_detector(args: argparse.Namespace, method: str, calibration: Optional[str] = None) -> AnomalyDetector:
@@ -113,7 +101,7 @@ def reference_scorer(args: argparse.Namespace, detector: AnomalyDetector
 
 def predict_main(argv: Optional[Sequence[str]] = None) -> List[ImagePrediction]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = method_of(argv)
+    method = checkpoint_method(argv)
     args = build_predict_parser(method).parse_args(argv)
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "predict_log.txt")

@@ -12,8 +12,9 @@ from ..engine.evaluation import METRIC_LEVELS, evaluate
 from ..engine.flags import (add_backbone_arguments, add_data_arguments, add_reference_arguments,
                             backbone_config_from_args, setup_logging)
 from ..engine.references import memory_bank_from_args
-from ..methods import METHODS, get_method, identify_checkpoint, load
-from .config import add_config_argument, parse_arguments, preparse, read_config_file, write_resolved_config
+from ..methods import METHODS, get_method, load
+from .config import (add_config_argument, checkpoint_method, parse_arguments, read_config_file,
+                     write_resolved_config)
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +45,8 @@ def build_test_parser(method: str) -> argparse.ArgumentParser:
 
 def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    known = preparse(argv, "test", ["method", "checkpoint_path"])
-    method = known["method"]
-    if method is None and known["checkpoint_path"] and "-h" not in argv and "--help" not in argv:
-        method = identify_checkpoint(known["checkpoint_path"])[0]
-    parser = build_test_parser(method or "anomalyclip")
+    method = checkpoint_method(argv, "test")
+    parser = build_test_parser(method)
     args = parse_arguments(parser, argv, "test")
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
