@@ -35,7 +35,7 @@ LEVELS = (6, 12, 18, 24)
 def backbone():
     torch.manual_seed(0)
     return load_backbone(model_name="anomaly-clip-tiny", random_init=True, image_size=IMAGE_SIZE,
-                         activation="gelu", pos_embed_interpolation="bicubic", device="cpu")
+                         activation="gelu", pos_embed_interpolation="bicubic_antialias", device="cpu")
 
 
 def make_detector(backbone, **config) -> AAClipDetector:

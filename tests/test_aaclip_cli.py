@@ -38,7 +38,7 @@ def test_train_writes_both_stages(trained):
     assert checkpoint["method"] == "aaclip" and checkpoint["stage"] == "image"
     assert checkpoint["method_config"]["dataset"] == "synthetic"
     assert checkpoint["backbone_config"]["activation"] == "gelu"
-    assert checkpoint["backbone_config"]["pos_embed_interpolation"] == "bicubic"
+    assert checkpoint["backbone_config"]["pos_embed_interpolation"] == "bicubic_antialias"
     assert checkpoint["run_settings"]["shot"] == 4
     for name in ("text_epoch_1.pth", "text_adapter.pth", "image_adapter.pth", "image_adapter_1.pth",
                  "image_adapter_2.pth", "log.txt"):

@@ -18,7 +18,7 @@ SIZE = 56
 def backbone():
     torch.manual_seed(0)
     return load_backbone(model_name="anomaly-clip-tiny", random_init=True, image_size=SIZE, activation="gelu",
-                         pos_embed_interpolation="bicubic", device="cpu")
+                         pos_embed_interpolation="bicubic_antialias", device="cpu")
 
 
 class TensorSamples(Dataset):

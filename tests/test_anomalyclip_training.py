@@ -46,9 +46,14 @@ def test_cached_and_uncached_training_give_identical_parameters(tiny_backbone, t
                                     feature_cache=cache, export_official=False).history
         results[cache] = (detector.trainable_state_dict(), history)
     # Equal up to float rounding: a matmul's rounding may depend on which images share its batch,
-    # and cached epochs replay features computed in the first epoch's batches.
+    # and cached epochs replay features computed in the first epoch's batches. Deep-token gradients
+    # are rounded to float16 per prompt (the official rule), so such a rounding difference can move
+    # one gradient element by a float16 step (2^-11 relative), which changes an Adam update by at
+    # most lr x 2^-11 ~ 5e-7: 4 steps -> 2e-6.
+    steps = 4
     for key, value in results["off"][0].items():
-        torch.testing.assert_close(results[mode][0][key], value, rtol=1e-5, atol=1e-7, msg=key)
+        atol = steps * 1e-3 * 2.0 ** -11 if "compound_prompts_text" in key else 1e-7
+        torch.testing.assert_close(results[mode][0][key], value, rtol=1e-5, atol=atol, msg=key)
     for uncached, cached in zip(results["off"][1], results[mode][1]):
         assert uncached.keys() == cached.keys()
         for name in uncached:

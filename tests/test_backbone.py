@@ -82,12 +82,12 @@ def test_position_embedding_resize_keeps_class_row_and_parameters(tiny_backbone)
     assert tiny_backbone.position_embedding((37, 37), torch.float32) is resized
 
 
-@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "bicubic_antialias"])
 def test_resize_position_embedding_matches_interpolate(mode):
     pos = torch.randn(1 + 24 * 24, 8)
     out = resize_position_embedding(pos, (37, 37), mode)
-    grid = F.interpolate(pos[1:].reshape(1, 24, 24, 8).permute(0, 3, 1, 2), size=(37, 37), mode=mode,
-                         align_corners=False)
+    grid = F.interpolate(pos[1:].reshape(1, 24, 24, 8).permute(0, 3, 1, 2), size=(37, 37),
+                         mode=mode.split("_")[0], align_corners=False, antialias=mode.endswith("_antialias"))
     torch.testing.assert_close(out[1:], grid.permute(0, 2, 3, 1).reshape(-1, 8))
     torch.testing.assert_close(out[0], pos[0])
 

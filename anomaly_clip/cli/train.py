@@ -32,7 +32,7 @@ def build_train_parser(method: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-export-official", dest="export_official", action="store_false",
                         help="do not also write checkpoints in the reference code's format")
     add_config_argument(parser, "train")
-    add_backbone_arguments(parser)
+    add_backbone_arguments(parser, precision_default="fp32")
     spec.flags.add_train_arguments(parser)
     return parser
 

@@ -32,7 +32,11 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 ACTIVATIONS = ("quick_gelu", "gelu")
-POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic")
+# How the grid of position embeddings is resized to another input size (F.interpolate modes;
+# "_antialias" adds ``antialias=True``, whose bicubic kernel differs from the plain one even when
+# upsampling). AnomalyCLIP's code resizes "bilinear"; AA-CLIP's, through its open_clip copy,
+# "bicubic_antialias". Checkpoints record the rule they were trained with.
+POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_antialias")
 OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
@@ -352,7 +356,16 @@ def _load_weights(model: nn.Module, state_dict: Dict[str, torch.Tensor], source:
 
 
 def resize_position_embedding(pos_embed: torch.Tensor, grid: Tuple[int, int], mode: str) -> torch.Tensor:
-    """Resize a ViT position embedding (class row + square grid) to ``grid``, class row kept."""
+    """Resize a ViT position embedding (1 + n * n, W) to ``grid`` (class row kept): (1 + h * w, W).
+
+    ``mode`` is one of :data:`POS_EMBED_INTERPOLATIONS`: ``F.interpolate`` with that mode,
+    ``align_corners=False``, and ``antialias=True`` for ``"bicubic_antialias"`` (open_clip's
+    ``resize_pos_embed``, which AA-CLIP's and VAND's code use; its kernel has a = -0.5 instead of
+    -0.75, so it differs from plain bicubic even when upsampling 24 -> 37). The grid is resized in
+    float32. Raises ValueError for a non-square grid or an unknown mode.
+    """
+    if mode not in POS_EMBED_INTERPOLATIONS:
+        raise ValueError(f"position-embedding resize must be one of {POS_EMBED_INTERPOLATIONS}, got {mode!r}")
     class_row, patch_rows = pos_embed[:1], pos_embed[1:]
     side = int(round(patch_rows.shape[0] ** 0.5))
     if side * side != patch_rows.shape[0]:
@@ -360,7 +373,9 @@ def resize_position_embedding(pos_embed: torch.Tensor, grid: Tuple[int, int], mo
     if (side, side) == tuple(grid):
         return pos_embed
     patches = patch_rows.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=tuple(grid), mode=mode, align_corners=False)
+    antialias = mode.endswith("_antialias")
+    patches = F.interpolate(patches, size=tuple(grid), mode=mode.removesuffix("_antialias"), align_corners=False,
+                            antialias=antialias)
     patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos_embed.dtype)
     return torch.cat([class_row, patches], dim=0)
 

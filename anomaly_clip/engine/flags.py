@@ -23,7 +23,9 @@ from .distributed import get_rank, is_distributed, is_main_process
 from .precision import PRECISIONS
 
 
-def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+def add_backbone_arguments(parser: argparse.ArgumentParser, precision_default: str = "auto") -> None:
+    """Backbone, device and precision flags. Training passes ``precision_default="fp32"``: the
+    official runs train in float32, and mixed precision changes the optimiser's trajectory."""
     group = parser.add_argument_group("backbone")
     group.add_argument("--model", "--model_name", dest="model", default=None, help="open_clip model name (default ViT-L-14-336)")
     group.add_argument("--pretrained", default=None, help="open_clip pretrained tag (default openai)")
@@ -45,8 +47,9 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
                          help="download uncached pretrained weights even if the quick connection check fails "
                               "(default: download only when the hub answers)")
     group.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (CUDA when present)")
-    group.add_argument("--precision", choices=PRECISIONS, default="auto",
-                       help="auto: bf16/fp16 autocast on GPU, fp32 on CPU")
+    group.add_argument("--precision", choices=PRECISIONS, default=precision_default,
+                       help=f"fp32, or mixed precision for speed: auto = bf16/fp16 autocast on GPU, fp32 on CPU "
+                            f"(default {precision_default}; see docs/protocols.md for what it may change)")
 
 
 def backbone_config_from_args(args: argparse.Namespace, base: BackboneConfig) -> BackboneConfig:

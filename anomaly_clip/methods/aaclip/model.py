@@ -207,8 +207,10 @@ class AdaptedImageDetector(AnomalyDetector):
 
     @classmethod
     def default_backbone_config(cls) -> BackboneConfig:
-        """The reference code builds exact-GELU ViT-L/14-336 and resizes positions bicubically."""
-        return BackboneConfig(activation="gelu", pos_embed_interpolation="bicubic")
+        """The official code builds exact-GELU ViT-L/14-336 and resizes positions through its
+        open_clip copy: bicubic with antialiasing (checkpoints of ours written before this rule
+        record plain "bicubic" and keep it)."""
+        return BackboneConfig(activation="gelu", pos_embed_interpolation="bicubic_antialias")
 
     # ---- anchors -----------------------------------------------------------------------------
     @abstractmethod

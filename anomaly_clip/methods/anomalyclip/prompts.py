@@ -28,7 +28,9 @@ class PromptLearner(nn.Module):
     object-aware ablation. ``unused_projection_dim`` keeps the reference learner's never-used
     ``Linear(width, 896)`` layers so its checkpoints load strictly; 0 drops them.
     ``half_precision_deep_tokens`` rounds deep tokens to float16 before insertion, as the
-    reference text forward does (checkpoint fidelity).
+    official text forward does (checkpoint fidelity), after expanding them to every prompt: in
+    backward each prompt's gradient is then rounded to float16 on its own and the rounded values
+    are summed in float32, ``fp16(g_normal) + fp16(g_abnormal)``, the official Adam steps.
     """
 
     def __init__(self, backbone: CLIPBackbone, n_ctx: int = 12, depth: int = 9, t_n_ctx: int = 4,
@@ -81,11 +83,12 @@ class PromptLearner(nn.Module):
     def _insert_deep_tokens(self, block_index: int, hidden: torch.Tensor) -> torch.Tensor:
         if not 1 <= block_index < self.depth or self.t_n_ctx == 0:
             return hidden
-        tokens = self.compound_prompts_text[block_index - 1]
+        tokens = self.compound_prompts_text[block_index - 1].expand(hidden.shape[0], -1, -1)
         if self.half_precision_deep_tokens:
+            # expanded first, then rounded, as the official text forward does: backward then rounds
+            # each prompt's gradient to float16 on its own and adds the rounded values in float32
             tokens = tokens.half()
-        tokens = tokens.to(hidden.dtype).expand(hidden.shape[0], -1, -1)
-        return torch.cat([hidden[:, :1], tokens, hidden[:, 1 + self.t_n_ctx:]], dim=1)
+        return torch.cat([hidden[:, :1], tokens.to(hidden.dtype), hidden[:, 1 + self.t_n_ctx:]], dim=1)
 
     def forward(self, backbone: CLIPBackbone) -> torch.Tensor:
         """L2-normalised text features (n_cls, 2, E): [normal, abnormal] for each class name."""
