@@ -165,6 +165,13 @@ def test_anomalous_image_with_empty_mask_is_a_warning_naming_the_file(tmp_path, 
     assert len(messages) == 2  # once per file, not per read
     assert str(tmp_path / "zero_one.jpg") in messages[0] and "no defect pixel" in messages[0]
     assert str(tmp_path / "tiny.png") in messages[1] and "vanish" in messages[1]
+    caplog.clear()
+    later = AnomalyDataset(dataset.samples, tmp_path, image_size=SIZE)
+    later.set_epoch(1)  # a DataLoader worker of a later training epoch: warned in epoch 0 already
+    with caplog.at_level(logging.WARNING, logger="anomaly_clip.data.dataset"):
+        later[0]
+        AnomalyDataset(dataset.samples, tmp_path, image_size=SIZE).validate(decode=True, workers=1)
+    assert sum("zero_one.jpg" in record.getMessage() for record in caplog.records) == 1
 
 
 def _inverted_batch(inverted: bool):

@@ -535,10 +535,12 @@ def test_folder_flags_that_cannot_be_combined_stop_with_one_line(tmp_path, capsy
         assert raised.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_masks_beside_their_images_are_not_images(tmp_path):
+def test_masks_beside_their_images_are_not_images(tmp_path, caplog):
     build(tmp_path, ["ok/0.png", "ng/1.png"], ["ng/1_mask.png"])
-    metadata = scan_dataset("folders", tmp_path, normal_dir="ok", anomalous_dir="ng", mask_dir="ng")
+    with caplog.at_level(logging.WARNING):
+        metadata = scan_dataset("folders", tmp_path, normal_dir="ok", anomalous_dir="ng", mask_dir="ng")
     assert rows(metadata)[1:] == [("test", "ng/1.png", 1, "object", "ng/1_mask.png", "ng")]
+    assert not caplog.records  # the images beside the masks are not "masks that match no image"
 
 
 def test_image_folder_inside_a_mask_folder_is_a_layout_error(tmp_path):

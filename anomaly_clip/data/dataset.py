@@ -5,7 +5,8 @@ Images: any storage mode -> 8-bit RGB (:mod:`anomaly_clip.data.imaging`) -> bicu
 code's torchvision pipeline, so the tensors are identical. Masks: foreground -> 0/255 -> resize
 to ``(S, S)`` (``bilinear`` as AnomalyCLIP, ``nearest`` as AA-CLIP) -> ``> 0.5`` after scaling
 to ``[0, 1]``; a mask of another size than its image is simply resized. An anomalous image whose
-mask has no defect pixel at the model size is warned about, naming the file (once per dataset).
+mask has no defect pixel at the model size is warned about, naming the file (once per dataset
+and process, in epoch 0 only: DataLoader workers are fresh copies every epoch).
 """
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ class AnomalyDataset(Dataset):
             raise MissingMaskError(f"mask {path} of anomalous image {self.image_path(index)} not found")
         defect = read_binary_mask(path)
         tensor = mask_to_tensor(defect, self.image_size, self.mask_interpolation)
-        if index not in self._warned_masks and not tensor.any():
+        if self.epoch == 0 and index not in self._warned_masks and not tensor.any():
             self._warned_masks.add(index)
             logger.warning("%s", empty_mask_message(path, self.image_path(index), defect, self.image_size))
         return tensor

@@ -301,9 +301,10 @@ for _info in (
     DatasetInfo("synthetic", "Synthetic defects", "industrial", DefectFolders(), aliases=("synth",),
                 notes="Written by python -m anomaly_clip.data.synthetic (MVTec AD layout)."),
     DatasetInfo("custom", "Custom folders", "industrial", CustomFolders(), aliases=("own", "user"),
-                notes="<class>/[<split>/]<good|defect>/ with optional ground_truth/<defect>/ masks."),
+                notes="<class>/[<split>/]<good|defect>/ with optional ground_truth/<defect>/ masks; a "
+                      "root holding train/, test/ or good/ is one class."),
     DatasetInfo("folders", "Normal/anomalous folder pair", "industrial", PlainFolders(),
-                aliases=("plain", "pair"), notes="--normal-dir and --anomalous-dir, optional --mask-dir."),
+                aliases=("plain", "pair"), notes="--normal-dir and --anomalous-dir (repeatable), optional --mask-dir."),
 ):
     register(_info)
 

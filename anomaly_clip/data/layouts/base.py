@@ -17,7 +17,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ..imaging import is_image_file
 from ..records import ANOMALOUS, NORMAL, Metadata, Sample
@@ -120,13 +120,15 @@ class MaskFinder:
 
     One index per mask folder, built on first use. :meth:`check` then refuses masks named after
     more than one image (two image folders sharing a mask folder would otherwise share masks)
-    and reports masks never paired (a naming mismatch shows up as missing masks *and* unused ones).
+    and reports masks never paired (a naming mismatch shows up as missing masks *and* unused ones);
+    in a folder holding images beside their masks, the images themselves are not unused masks.
     """
 
     def __init__(self, suffixes: Sequence[str]):
         self.suffixes = tuple(suffixes)
         self._index: Dict[Path, Dict[str, Path]] = {}
         self._owners: Dict[Path, List[Path]] = {}
+        self._images: Set[Path] = set()
 
     def _folder_index(self, folder: Path) -> Dict[str, Path]:
         if folder not in self._index:
@@ -147,6 +149,7 @@ class MaskFinder:
 
     def find(self, image: Path, folders: Sequence[Path]) -> Optional[Path]:
         """The mask of ``image`` in the first of ``folders`` that has one, else None."""
+        self._images.add(image)
         for folder in folders:
             index = self._folder_index(folder)
             for suffix in self.suffixes:
@@ -164,7 +167,7 @@ class MaskFinder:
             raise LayoutError(f"{len(shared)} mask file(s) are named after more than one image: {listing(shared)}. "
                               "Give each image folder its own mask folder, or rename the images")
         for folder, index in self._index.items():
-            unused = sorted(p.name for p in index.values() if p not in self._owners)
+            unused = sorted(p.name for p in index.values() if p not in self._owners and p not in self._images)
             if unused:
                 logger.warning("%d mask file(s) in %s match no image: %s", len(unused), folder, listing(unused))
 
