@@ -448,3 +448,108 @@ def test_cli_output_path_and_errors(tmp_path, capsys):
 def test_documentation_lists_every_dataset():
     table = (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()
     assert all(f"| `{name}` |" in table for name in DATASETS)
+
+
+# ---- users' own layouts recognised, or refused with what to do ------------------------------------
+
+def test_custom_on_a_single_class_root_with_splits_is_one_class(tmp_path, caplog):
+    """A root holding train/ and test/ (no class level) was read as classes "train" and "test"."""
+    root = build(tmp_path / "bottle", ["train/good/0.png", "test/good/1.png", "test/crack/2.png"],
+                 ["ground_truth/crack/2_mask.png"])
+    expected = [("train", "train/good/0.png", 0, "bottle", None, "good"),
+                ("test", "test/good/1.png", 0, "bottle", None, "good"),
+                ("test", "test/crack/2.png", 1, "bottle", "ground_truth/crack/2_mask.png", "crack")]
+    with caplog.at_level(logging.WARNING):
+        assert rows(scan_dataset("custom", root)) == expected
+    assert not caplog.records  # nothing suspicious: masks paired, every class has normal images
+    renamed = scan_dataset("custom", root, class_name="vial")
+    assert {s.class_name for samples in renamed.values() for s in samples} == {"vial"}
+
+
+def test_custom_pointed_at_one_flat_class_folder_never_lists_masks_as_images(tmp_path):
+    root = build(tmp_path / "widget", ["good/0.png", "scratch/1.png"], ["ground_truth/scratch/1_mask.png"])
+    assert rows(scan_dataset("custom", root)) == [
+        ("test", "good/0.png", 0, "widget", None, "good"),
+        ("test", "scratch/1.png", 1, "widget", "ground_truth/scratch/1_mask.png", "scratch")]
+
+
+@pytest.mark.parametrize("normal", ["nominal", "Normal", "OK", "no-defect", "Defect Free", "healthy"])
+def test_custom_recognises_normal_folder_names(tmp_path, normal, caplog):
+    build(tmp_path, [f"part/{normal}/0.png", "part/dent/1.png"])
+    with caplog.at_level(logging.WARNING):
+        metadata = scan_dataset("custom", tmp_path)
+    assert [(s.label, s.specie_name) for s in metadata["test"]] == [(0, normal), (1, "dent")]
+    assert "no normal image" not in caplog.text
+
+
+def test_class_without_normal_images_is_warned_about(tmp_path, caplog):
+    build(tmp_path, ["part/normalish/0.png", "part/dent/1.png", "other/good/2.png", "other/dent/3.png"])
+    with caplog.at_level(logging.WARNING):
+        scan_dataset("custom", tmp_path)
+    warned = [r.getMessage() for r in caplog.records if "no normal image" in r.getMessage()]
+    assert len(warned) == 1 and "'part'" in warned[0] and "nominal" in warned[0]
+    caplog.clear()
+    build(tmp_path / "kvasir", ["images/1.png"], ["masks/1.png"])
+    with caplog.at_level(logging.WARNING):
+        scan_dataset("kvasir", tmp_path / "kvasir")  # all anomalous by design: no warning
+    assert "no normal image" not in caplog.text
+
+
+def test_class_folder_mixing_splits_and_states_is_a_layout_error(tmp_path):
+    build(tmp_path, ["part/test/good/0.png", "part/scratch/1.png"])
+    with pytest.raises(LayoutError, match=r"mixes split folders \(test\) with state folders \(scratch\)"):
+        scan_dataset("custom", tmp_path)
+
+
+def test_images_outside_state_folders_are_reported(tmp_path, caplog):
+    build(tmp_path, ["part/good/0.png", "part/stray.png"])
+    with caplog.at_level(logging.WARNING):
+        scan_dataset("custom", tmp_path)
+    assert "stray.png" in caplog.text and "not listed" in caplog.text
+
+
+def test_custom_lists_gif_images(tmp_path):
+    build(tmp_path, ["part/good/0.gif", "part/dent/1.gif"])
+    assert [s.image_path for s in scan_dataset("custom", tmp_path)["test"]] == ["part/good/0.gif", "part/dent/1.gif"]
+
+
+def test_repeated_folder_flags_accumulate(tmp_path):
+    build(tmp_path, ["ok/0.png", "a/1.png", "b/2.png"], ["masks_a/1.png", "masks_b/2.png"])
+    written = main(["folders", "--root", str(tmp_path), "--normal-dir", "ok", "--anomalous-dir", "a",
+                    "--anomalous-dir", "b", "--mask-dir", "masks_a", "--mask-dir", "masks_b"])
+    assert rows(read_meta_json(written[0])) == [
+        ("test", "ok/0.png", 0, "object", None, "good"),
+        ("test", "a/1.png", 1, "object", "masks_a/1.png", "a"),
+        ("test", "b/2.png", 1, "object", "masks_b/2.png", "b")]
+
+
+def test_folder_flags_that_cannot_be_combined_stop_with_one_line(tmp_path, capsys):
+    build(tmp_path, ["ok/0.png", "a/1.png", "b/2.png", "c/3.png"], ["m1/1.png", "m2/2.png"])
+    for flags, message in (
+            (["--anomalous-dir", "a", "--anomalous-dir", "b", "--anomalous-dir", "c", "--mask-dir", "m1",
+              "--mask-dir", "m2"], "2 --mask-dir for 3 --anomalous-dir"),
+            (["--normal-dir", "ok", "--anomalous-dir", "ok"], "given more than once"),
+            (["--anomalous-dir", "a", "--split", "test", "--split", "train"], "--split given twice")):
+        with pytest.raises(SystemExit) as raised:
+            main(["folders", "--root", str(tmp_path), *flags])
+        assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_masks_beside_their_images_are_not_images(tmp_path, caplog):
+    build(tmp_path, ["ok/0.png", "ng/1.png"], ["ng/1_mask.png"])
+    with caplog.at_level(logging.WARNING):
+        metadata = scan_dataset("folders", tmp_path, normal_dir="ok", anomalous_dir="ng", mask_dir="ng")
+    assert rows(metadata)[1:] == [("test", "ng/1.png", 1, "object", "ng/1_mask.png", "ng")]
+    assert not caplog.records  # the images beside the masks are not "masks that match no image"
+
+
+def test_image_folder_inside_a_mask_folder_is_a_layout_error(tmp_path):
+    build(tmp_path, ["ok/0.png", "ng/1.png"], ["ng/masks/1.png"])
+    with pytest.raises(LayoutError, match="inside the mask folder"):
+        scan_dataset("folders", tmp_path, normal_dir="ng/masks", anomalous_dir="ng", mask_dir="ng/masks")
+
+
+def test_one_mask_named_after_two_images_is_a_layout_error(tmp_path):
+    build(tmp_path, ["a/1.png", "b/1.png"], ["masks/1.png"])
+    with pytest.raises(LayoutError, match=r"masks/1\.png <- a/1\.png, b/1\.png"):
+        scan_dataset("folders", tmp_path, anomalous_dir=["a", "b"], mask_dir="masks")

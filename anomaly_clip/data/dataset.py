@@ -4,14 +4,16 @@ Images: any storage mode -> 8-bit RGB (:mod:`anomaly_clip.data.imaging`) -> bicu
 ``(S, S)`` with PIL -> ``[0, 1]`` -> OpenAI CLIP mean/std, the same operations as the reference
 code's torchvision pipeline, so the tensors are identical. Masks: foreground -> 0/255 -> resize
 to ``(S, S)`` (``bilinear`` as AnomalyCLIP, ``nearest`` as AA-CLIP) -> ``> 0.5`` after scaling
-to ``[0, 1]``; a mask of another size than its image is simply resized.
+to ``[0, 1]``; a mask of another size than its image is simply resized. An anomalous image whose
+mask has no defect pixel at the model size is warned about, naming the file (once per dataset
+and process, in epoch 0 only: DataLoader workers are fresh copies every epoch).
 """
 from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Union
 
 import numpy as np
 import torch
@@ -85,6 +87,17 @@ def mask_to_tensor(mask: np.ndarray, image_size: int, interpolation: str = "bili
     return (values > 0.5).to(torch.float32).unsqueeze(0)
 
 
+def empty_mask_message(mask_path: Path, image_path: Path, defect: np.ndarray, image_size: int) -> str:
+    """Why the mask of an anomalous image gives no defect pixel at the model size (for a warning):
+    the file itself has none, or its few defect pixels vanish in the resize."""
+    if not defect.any():
+        return (f"mask {mask_path} of anomalous image {image_path} has no defect pixel: it adds no anomalous "
+                f"pixel to the pixel metrics. Check the file (defect pixels must be non-zero; a 0/1 mask saved as "
+                f"JPEG loses its labels, save masks as PNG)")
+    return (f"the {int(defect.sum())} defect pixel(s) of mask {mask_path} (anomalous image {image_path}) vanish "
+            f"when the mask is resized to {image_size} x {image_size}: it adds no anomalous pixel to the pixel metrics")
+
+
 Augmentation = Callable[..., Any]
 
 
@@ -117,6 +130,7 @@ class AnomalyDataset(Dataset):
             image_level_only = not any(sample.mask_path for sample in self.samples)
         self.image_level_only = image_level_only
         self.epoch = 0
+        self._warned_masks: Set[int] = set()
 
     @property
     def has_masks(self) -> bool:
@@ -154,7 +168,12 @@ class AnomalyDataset(Dataset):
             return torch.zeros(1, self.image_size, self.image_size)
         if not path.is_file():
             raise MissingMaskError(f"mask {path} of anomalous image {self.image_path(index)} not found")
-        return mask_to_tensor(read_binary_mask(path), self.image_size, self.mask_interpolation)
+        defect = read_binary_mask(path)
+        tensor = mask_to_tensor(defect, self.image_size, self.mask_interpolation)
+        if self.epoch == 0 and index not in self._warned_masks and not tensor.any():
+            self._warned_masks.add(index)
+            logger.warning("%s", empty_mask_message(path, self.image_path(index), defect, self.image_size))
+        return tensor
 
     @property
     def varies_by_epoch(self) -> bool:
@@ -212,14 +231,19 @@ class AnomalyDataset(Dataset):
                 problems.append(f"{role} file not found: {path}")
             elif decode:
                 try:
-                    open_image(path, role)
+                    if role == "image":
+                        open_image(path, role)
+                    else:
+                        self._mask(index)
                 except UnreadableImageError as error:
                     problems.append(str(error))
         return problems
 
     def validate(self, decode: bool = False, workers: int = 4) -> None:
         """Check every file up front: images exist, anomalous images have their masks, and with
-        ``decode`` every file decodes. Raises :class:`DatasetValidationError` listing all problems."""
+        ``decode`` every file decodes and every mask is read as training and evaluation read it
+        (a mask without defect pixels is warned about). Raises :class:`DatasetValidationError`
+        listing all problems."""
         indices = range(len(self))
         if decode and workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:

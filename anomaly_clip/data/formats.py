@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
@@ -46,17 +47,57 @@ def _load_json(path: Path) -> object:
         raise MetadataError(f"{path} is not valid JSON: {error}") from error
 
 
-def _sample_from_meta(entry: Mapping, path: Path, split: str) -> Sample:
-    try:
-        return Sample(
-            image_path=str(entry["img_path"]),
-            label=entry["anomaly"],
-            class_name=str(entry["cls_name"]),
-            mask_path=entry.get("mask_path") or None,
-            specie_name=str(entry.get("specie_name") or ""),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise MetadataError(f"bad entry in split {split!r} of {path}: {entry!r} ({error})") from error
+@dataclass(frozen=True)
+class EntryKeys:
+    """The keys of one image entry in a metadata format."""
+
+    image: str
+    label: str
+    class_name: str
+    mask: str
+    specie: str
+
+
+META_KEYS = EntryKeys("img_path", "anomaly", "cls_name", "mask_path", "specie_name")
+JSONL_KEYS = EntryKeys("image_path", "label", "class_name", "mask_path", "specie_name")
+_SHOWN_CHARACTERS = 200
+
+
+def _shown(entry: object) -> str:
+    text = repr(entry)
+    return text if len(text) <= _SHOWN_CHARACTERS else text[:_SHOWN_CHARACTERS] + " ..."
+
+
+def sample_from_entry(entry: object, keys: EntryKeys, where: str) -> Sample:
+    """The :class:`Sample` of one metadata entry, every value checked for its type.
+
+    ``where`` names the file and the place of the entry in it. A missing key, a path or name
+    that is not a non-empty string (a number where a path belongs), or a label other than the
+    number 0 or 1 (``"1"`` as a string, ``2``, ``true``) raises :class:`MetadataError` naming the
+    key, the entry and ``where``, so a bad file stops the run before any image is read.
+    """
+    if not isinstance(entry, dict):
+        raise MetadataError(f"{where}: an entry must be an object with keys {keys.image!r}, {keys.label!r} and "
+                            f"{keys.class_name!r}, got {_shown(entry)}")
+
+    def fail(key: str, problem: str) -> MetadataError:
+        return MetadataError(f"{where}: key {key!r} {problem} in entry {_shown(entry)}")
+
+    for key in (keys.image, keys.label, keys.class_name):
+        if key not in entry:
+            raise fail(key, "is missing")
+    for key, required in ((keys.image, True), (keys.class_name, True), (keys.mask, False), (keys.specie, False)):
+        value = entry.get(key)
+        if required and not (isinstance(value, str) and value.strip()):
+            raise fail(key, f"must be a non-empty string, got {value!r} ({type(value).__name__})")
+        if not required and value is not None and not isinstance(value, str):
+            raise fail(key, f"must be a string (or empty), got {value!r} ({type(value).__name__})")
+    label = entry[keys.label]
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (0, 1):
+        raise fail(keys.label, f"must be the number 0 (normal) or 1 (anomalous), got {label!r} "
+                               f"({type(label).__name__})")
+    return Sample(entry[keys.image], int(label), entry[keys.class_name], entry.get(keys.mask) or None,
+                  entry.get(keys.specie) or "")
 
 
 def read_meta_json(path: PathLike) -> Metadata:
@@ -69,7 +110,14 @@ def read_meta_json(path: PathLike) -> Metadata:
     for split, classes in content.items():
         if not isinstance(classes, dict):
             raise MetadataError(f"split {split!r} of {path} must map class names to lists of images")
-        metadata[split] = [_sample_from_meta(entry, path, split) for entries in classes.values() for entry in entries]
+        metadata[split] = []
+        for name, entries in classes.items():
+            if not isinstance(entries, list):
+                raise MetadataError(f"{path}, split {split!r}: class {name!r} must hold a list of image entries, "
+                                    f"got {type(entries).__name__}")
+            metadata[split].extend(
+                sample_from_entry(entry, META_KEYS, f"{path}, split {split!r}, class {name!r}, bad entry {number}")
+                for number, entry in enumerate(entries, start=1))
     return metadata
 
 
@@ -110,15 +158,9 @@ def read_jsonl(path: PathLike) -> List[Sample]:
                 continue
             try:
                 entry = json.loads(line)
-                samples.append(Sample(
-                    image_path=str(entry["image_path"]),
-                    label=entry["label"],
-                    class_name=str(entry["class_name"]),
-                    mask_path=entry.get("mask_path") or None,
-                    specie_name=str(entry.get("specie_name") or ""),
-                ))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-                raise MetadataError(f"{path}, line {number}: {error}") from error
+            except json.JSONDecodeError as error:
+                raise MetadataError(f"{path}, line {number}: not valid JSON ({error})") from error
+            samples.append(sample_from_entry(entry, JSONL_KEYS, f"{path}, line {number}"))
     return samples
 
 

@@ -24,6 +24,7 @@ from .layouts import (
     MaskPresence,
     PlainFolders,
 )
+from .layouts.folders import Folders
 from .records import Metadata
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,9 @@ class DatasetInfo:
 
     ``domain`` picks domain-specific settings (AA-CLIP's map blur); ``image_level_only``
     datasets have no pixel masks, so anomalous images load with an empty mask and pixel metrics
-    do not apply; ``classes`` are the publisher's class names (empty when they come from the
-    user's folders).
+    do not apply; ``normal_images`` is False for segmentation sets whose images all show a
+    lesion (no warning about classes without normal images); ``classes`` are the publisher's
+    class names (empty when they come from the user's folders).
     """
 
     name: str
@@ -50,6 +52,7 @@ class DatasetInfo:
     domain: str
     layout: Layout
     image_level_only: bool = False
+    normal_images: bool = True
     aliases: Tuple[str, ...] = ()
     classes: Tuple[str, ...] = ()
     source: str = ""
@@ -101,13 +104,28 @@ def _ordered(metadata: Metadata, expected: Tuple[str, ...]) -> Metadata:
             for split, samples in metadata.items()}
 
 
+def _warn_classes_without_normal_images(info: DatasetInfo, layout: Layout, metadata: Metadata) -> None:
+    """A class whose split has anomalous but no normal images gets N/A image metrics: say so."""
+    for split, samples in metadata.items():
+        for name in dict.fromkeys(sample.class_name for sample in samples):
+            labels = [sample.label for sample in samples if sample.class_name == name]
+            if labels and all(labels):
+                hint = layout.normal_hint()
+                logger.warning("%s: class %r has %d anomalous and no normal image in split %r, so its image-level "
+                               "metrics will be N/A%s", info.title, name, len(labels), split,
+                               f"; {hint}" if hint else "")
+
+
 def scan_dataset(name: str, root: Union[str, Path], class_name: Optional[str] = None,
-                 normal_dir: Optional[str] = None, anomalous_dir: Optional[str] = None,
-                 mask_dir: Optional[str] = None, split: Optional[str] = None) -> Metadata:
+                 normal_dir: Folders = None, anomalous_dir: Folders = None,
+                 mask_dir: Folders = None, split: Optional[str] = None) -> Metadata:
     """Samples per split of the dataset ``name`` stored at ``root`` in its published layout.
 
-    ``class_name`` renames the class of single-class datasets; ``normal_dir``, ``anomalous_dir``,
-    ``mask_dir`` and ``split`` configure the plain ``folders`` layout.
+    ``class_name`` renames the class of single-class datasets; ``normal_dir``, ``anomalous_dir``
+    and ``mask_dir`` (each a folder or a sequence of folders) and ``split`` configure the plain
+    ``folders`` layout. A class with anomalous but no normal images in a split is warned about
+    (unless the dataset has none by design). Raises :class:`LayoutError` when the tree does not
+    match (the message says what was expected).
     """
     info = get_dataset_info(name)
     root = Path(root)
@@ -125,6 +143,8 @@ def scan_dataset(name: str, root: Union[str, Path], class_name: Optional[str] = 
     metadata = {split_name: samples for split_name, samples in layout.scan(root).items() if samples}
     if not metadata:
         raise LayoutError(f"no images found for {info.title} under {root}. Expected: {layout.describe()}")
+    if info.normal_images:
+        _warn_classes_without_normal_images(info, layout, metadata)
     found = {sample.class_name for samples in metadata.values() for sample in samples}
     if class_name:
         if len(found) > 1:
@@ -209,6 +229,7 @@ for _info in (
                     DefectFolders(splits={"test": "test"}, masks=("{cls}/ISBI2016_ISIC_Part1_Test_GroundTruth",),
                                   mask_suffixes=("_Segmentation", "", "_mask")),
                 )),
+                normal_images=False,
                 aliases=("isic2016", "isbi", "isbi2016"), source="https://challenge.isic-archive.com/data/#2016",
                 notes="Publisher's folders (masks <stem>_Segmentation.png), or AnomalyCLIP's copy "
                       "skin/test/<state>/ with skin/ISBI2016_ISIC_Part1_Test_GroundTruth/."),
@@ -216,21 +237,26 @@ for _info in (
                 ImageMaskFolders(class_name="Colon_clinicDB", splits={"test": (
                     ("images", "masks"), ("Original", "Ground Truth"), ("PNG/Original", "PNG/Ground Truth"),
                     ("TIF/Original", "TIF/Ground Truth"))}),
+                normal_images=False,
                 aliases=("cvc_clinicdb", "colon_clinicdb"),
                 source="https://figshare.com/articles/figure/Polyp_DataSet_zip/21221579"),
     DatasetInfo("colondb", "CVC-ColonDB", "medical", ImageMaskFolders(class_name="Colon_colonDB", splits=_POLYP_LAYOUT),
+                normal_images=False,
                 aliases=("cvc_colondb", "colon_colondb"),
                 source="https://figshare.com/articles/figure/Polyp_DataSet_zip/21221579"),
     DatasetInfo("kvasir", "Kvasir-SEG", "medical", ImageMaskFolders(class_name="Kvasir", splits=_POLYP_LAYOUT),
+                normal_images=False,
                 aliases=("kvasir_seg", "colon_kvasir"), source="https://datasets.simula.no/kvasir-seg/"),
     DatasetInfo("endo", "EndoTect 2020", "medical",
                 ImageMaskFolders(class_name="colon", splits={"test": (("*", "masks"),)}),
+                normal_images=False,
                 aliases=("endotect", "endotect2020"),
                 source="https://drive.google.com/file/d/1LNpLkv5ZlEUzr_RPN5rdOHaqk0SkZa3m/view",
                 notes="Every folder except masks/ holds images; masks share the image stem."),
     DatasetInfo("tn3k", "TN3K", "medical",
                 ImageMaskFolders(class_name="thyroid", splits={"train": (("trainval-image", "trainval-mask"),),
                                                                 "test": (("test-image", "test-mask"),)}),
+                normal_images=False,
                 aliases=("thyroid",), source="https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation"),
     DatasetInfo("headct", "HeadCT", "medical",
                 FirstMatching((
@@ -263,6 +289,7 @@ for _info in (
     _bmad("Liver", ("liver", "liverct", "liver_ad"), "https://github.com/DorisBao/BMAD"),
     _bmad("Retina", ("retina", "resc", "retina_resc", "retina_resc_ad"), "https://github.com/DorisBao/BMAD"),
     DatasetInfo("cvc300", "CVC-300", "medical", ImageMaskFolders(class_name="CVC-300", splits=_POLYP_LAYOUT),
+                normal_images=False,
                 aliases=("colon_cvc300", "endoscene"),
                 source="https://figshare.com/articles/figure/Polyp_DataSet_zip/21221579"),
     DatasetInfo("mvtec-ad2", "MVTec AD 2", "industrial",
@@ -274,9 +301,10 @@ for _info in (
     DatasetInfo("synthetic", "Synthetic defects", "industrial", DefectFolders(), aliases=("synth",),
                 notes="Written by python -m anomaly_clip.data.synthetic (MVTec AD layout)."),
     DatasetInfo("custom", "Custom folders", "industrial", CustomFolders(), aliases=("own", "user"),
-                notes="<class>/[<split>/]<good|defect>/ with optional ground_truth/<defect>/ masks."),
+                notes="<class>/[<split>/]<good|defect>/ with optional ground_truth/<defect>/ masks; a "
+                      "root holding train/, test/ or good/ is one class."),
     DatasetInfo("folders", "Normal/anomalous folder pair", "industrial", PlainFolders(),
-                aliases=("plain", "pair"), notes="--normal-dir and --anomalous-dir, optional --mask-dir."),
+                aliases=("plain", "pair"), notes="--normal-dir and --anomalous-dir (repeatable), optional --mask-dir."),
 ):
     register(_info)
 

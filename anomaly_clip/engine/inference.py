@@ -23,12 +23,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.dataset import ImageTransform
-from ..data.imaging import UnreadableImageError, read_rgb
+from ..data.imaging import IMAGE_SUFFIXES, UnreadableImageError, read_rgb
 from .precision import autocast
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm"})
 _GLOB_CHARACTERS = frozenset("*?[")
 
 

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 METRIC_SETS = tuple(LEVELS)
 MAP_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+INVERTED_MASK_COVERAGE = 0.5
+"""Share of the pixels of a class's anomalous images above which their masks look inverted."""
 
 
 @dataclass
@@ -162,6 +164,7 @@ class AnomalyEvaluator:
                             name, labels.numel())
             values.update(image_auroc=image.auroc, image_ap=image.average_precision, image_f1_max=image.f1_max)
         if self.pixel_level:
+            _warn_if_masks_look_inverted(name, data.labels, data.masks)
             pixel = pixel_metrics(data.maps, data.masks, aupro=self.aupro, fpr_limit=self.fpr_limit,
                                   num_thresholds=self.num_thresholds, block_size=self.block_size)
             if not is_applicable(pixel.auroc):
@@ -187,6 +190,22 @@ def _check_finite_by_class(values: Tensor, class_names: Sequence[str], what: str
         raise ValueError(f"{what} of class {classes} contain NaN or infinite values ({sum(hit)} of {len(hit)} "
                          "images in this batch); metrics are undefined for them (a diverged model, or float16 "
                          "overflow under mixed precision?)") from None
+
+
+def _warn_if_masks_look_inverted(name: str, labels: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
+    """Warn when the masks of a class's anomalous images mark most of their pixels as defect
+    (more than :data:`INVERTED_MASK_COVERAGE`): the sign of masks stored inverted (defect 0,
+    background 255), against which every pixel metric would be computed. One pass of sums over
+    the boolean chunks already held, cheap beside the metrics themselves."""
+    defect = total = 0
+    for label_chunk, mask_chunk in zip(labels, masks):
+        anomalous = mask_chunk[label_chunk]
+        defect += int(anomalous.sum())
+        total += anomalous.numel()
+    if total and defect > INVERTED_MASK_COVERAGE * total:
+        logger.warning("class %s: the masks of its anomalous images mark %.0f%% of their pixels as defect; are "
+                       "they inverted (defect 0, background non-zero)? Pixel metrics treat non-zero mask pixels "
+                       "as defect", name, 100.0 * defect / total)
 
 
 def _take(values: Tensor, index: List[int]) -> Tensor:
