@@ -225,7 +225,7 @@ def test_adapter_hook_passes_later_blocks_unchanged():
 
 def test_image_adapter_projections_and_detection_feature():
     torch.manual_seed(0)
-    adapter = ImageAdapter(12, 6, levels=(1, 2), count=1, activation=True)
+    adapter = ImageAdapter(12, 6, features_list=(1, 2), count=1, activation=True)
     tokens = [torch.randn(2, 9, 12), torch.randn(2, 9, 12)]
     patches, detection = adapter(tokens)
     expected = F.normalize(F.leaky_relu(tokens[0] @ adapter.level_projections[0].linear.weight.T), dim=-1)
@@ -237,13 +237,13 @@ def test_image_adapter_projections_and_detection_feature():
 
 def test_config_rejects_bad_values(backbone):
     with pytest.raises(ValueError):
-        AAClipConfig(levels=(12, 6))
+        AAClipConfig(features_list=(12, 6))
     with pytest.raises(ValueError):
         AAClipConfig(text_adapt_weight=1.5)
     with pytest.raises(ValueError):
         AAClipConfig(domain="space")
     with pytest.raises(ValueError):
-        AAClipDetector(backbone, AAClipConfig(levels=(6, 30)))
+        AAClipDetector(backbone, AAClipConfig(features_list=(6, 30)))
 
 
 # ---- prompts ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def detectors(backbone):
     torch.manual_seed(1)
     anomalyclip = AnomalyCLIP(backbone, AnomalyCLIPConfig(features_list=(12, 24)))
-    aaclip = AAClipDetector(copy.deepcopy(backbone), AAClipConfig(levels=(6, 12, 18, 24), dataset="mvtec"))
+    aaclip = AAClipDetector(copy.deepcopy(backbone), AAClipConfig(features_list=(6, 12, 18, 24), dataset="mvtec"))
     return {"anomalyclip": anomalyclip, "aaclip": aaclip}
 
 

@@ -51,13 +51,13 @@ def anomalyclip(tiny_backbone) -> AnomalyCLIP:
 @pytest.fixture(scope="module")
 def aaclip(tiny_backbone) -> AAClipDetector:
     torch.manual_seed(4)
-    return AAClipDetector(tiny_backbone, AAClipConfig(levels=(12, 24), dataset="synthetic")).eval()
+    return AAClipDetector(tiny_backbone, AAClipConfig(features_list=(12, 24), dataset="synthetic")).eval()
 
 
 @pytest.fixture(scope="module")
 def hybrid(tiny_backbone) -> PromptAdapterDetector:
     torch.manual_seed(5)
-    config = PromptAdapterConfig(levels=(12, 24), n_ctx=4, depth=3, t_n_ctx=2)
+    config = PromptAdapterConfig(features_list=(12, 24), n_ctx=4, depth=3, t_n_ctx=2)
     return PromptAdapterDetector(tiny_backbone, config).eval()
 
 

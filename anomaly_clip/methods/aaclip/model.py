@@ -14,16 +14,16 @@ from __future__ import annotations
 import logging
 import re
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ...clip.backbone import CLIPBackbone
 from ...clip.blocks import block_attention, mlp_residual, run_block
 from ...clip.dpam import DPAMConfig, encode_image
 from ...data.registry import UnknownDatasetError, get_dataset_info
-from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction, parameter_state
+from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction
 from ...engine.losses import classification_loss, segmentation_loss
 from ...engine.precision import float32_einsum
 from ...engine.smoothing import gaussian_blur
@@ -148,7 +148,7 @@ def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tenso
     return mlp_residual(block, x + attended)
 
 
-def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: Sequence[int],
+def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, features_list: Sequence[int],
                           dpam_layers: int = 20, vv_axis: str = "batch") -> List[torch.Tensor]:
     """Frozen visual features that supervise the text stage, one (B, N, E) tensor per level.
 
@@ -159,10 +159,10 @@ def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: 
     if vv_axis not in VV_AXES:
         raise ValueError(f"vv_axis must be one of {VV_AXES}, got {vv_axis!r}")
     blocks = backbone.visual.transformer.resblocks
-    first = DPAMConfig(layers=dpam_layers, structure="single").first_block(len(blocks))
-    wanted = set(int(level) for level in levels)
+    first = DPAMConfig(dpam_layers=dpam_layers, structure="single").first_block(len(blocks))
+    wanted = set(int(level) for level in features_list)
     if not wanted or not all(1 <= level <= len(blocks) for level in wanted):
-        raise ValueError(f"levels {sorted(wanted)} outside 1..{len(blocks)}")
+        raise ValueError(f"features_list {sorted(wanted)} outside 1..{len(blocks)}")
     plain = backbone.embed_image(images)
     tokens: Dict[int, torch.Tensor] = {}
     for index in range(first):
@@ -183,32 +183,29 @@ def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: 
 class AdaptedImageDetector(AnomalyDetector):
     """AA-CLIP's image side against normal/abnormal text anchors from any source.
 
-    Subclasses provide :meth:`compute_anchors` (differentiable anchors of anchor keys),
-    :meth:`anchor_keys` (a batch's class names -> keys) and :meth:`anchor_parameters` (the
-    trainable text-side parameters whose changes invalidate cached anchors).
+    Subclasses provide :meth:`compute_anchors` (differentiable anchors of anchor keys) and
+    :meth:`anchor_keys` (a batch's class names -> keys). Fixed anchors live in the buffer
+    :attr:`anchor_bank` (one row per key seen so far, computed on first use); it is emptied by
+    :meth:`text_parts_changed` (after loading weights, after a text stage, on leaving training).
     """
 
     config_class = AdaptedImageConfig
     mask_interpolation = "nearest"
-    final_stage = "image"
 
     def __init__(self, backbone: CLIPBackbone, config: AdaptedImageConfig):
         super().__init__(backbone, config)
-        if config.levels[-1] > backbone.num_visual_blocks:
-            raise ValueError(f"levels {config.levels} exceed the {backbone.num_visual_blocks} visual blocks")
+        if config.features_list[-1] > backbone.num_visual_blocks:
+            raise ValueError(f"features_list {config.features_list} exceed the {backbone.num_visual_blocks} "
+                             "visual blocks")
         if config.image_adapt_until > backbone.num_visual_blocks:
             raise ValueError(f"image_adapt_until {config.image_adapt_until} exceeds the "
                              f"{backbone.num_visual_blocks} visual blocks")
-        self.image_adapter = ImageAdapter(backbone.vision_width, backbone.embed_dim, config.levels,
+        self.image_adapter = ImageAdapter(backbone.vision_width, backbone.embed_dim, config.features_list,
                                           config.image_adapt_until, config.image_adapt_weight,
                                           config.relu).to(backbone.device)
-        self._anchor_cache: Dict[tuple, torch.Tensor] = {}
+        self.register_buffer("anchor_bank", torch.empty(0, device=backbone.device), persistent=False)
+        self.anchor_rows: Dict[str, int] = {}
         self._warned_uncalibrated = False
-
-    @classmethod
-    def default_backbone_config(cls) -> BackboneConfig:
-        """The reference code builds exact-GELU ViT-L/14-336 and resizes positions bicubically."""
-        return BackboneConfig(activation="gelu", pos_embed_interpolation="bicubic")
 
     # ---- anchors -----------------------------------------------------------------------------
     @abstractmethod
@@ -219,38 +216,35 @@ class AdaptedImageDetector(AnomalyDetector):
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         """The anchor key of each class name of a batch."""
 
-    @abstractmethod
-    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
-        """Parameters the anchors depend on."""
-
-    def _anchor_state(self) -> tuple:
-        return (self.device,) + parameter_state(self.anchor_parameters())
+    def text_parts_changed(self) -> None:
+        """Empty :attr:`anchor_bank`: the anchors are recomputed from the text side on next use."""
+        self.anchor_bank = torch.empty(0, device=self.device)
+        self.anchor_rows = {}
 
     def anchors_for(self, class_names: Optional[Sequence[str]], batch_size: int) -> torch.Tensor:
-        """Fixed anchors (B, E, 2) for a batch's class names, cached while the text side is
-        unchanged (in-place updates and loads change its parameters' versions)."""
+        """Fixed anchors (B, E, 2) for a batch's class names (``None``: the generic class), rows of
+        :attr:`anchor_bank`; keys not in the bank yet are computed together and appended."""
         names = list(class_names) if class_names is not None else [GENERIC_CLASS] * batch_size
         if len(names) != batch_size:
             raise ValueError(f"got {len(names)} class names for {batch_size} images")
         keys = self.anchor_keys(names)
-        state = self._anchor_state()
-        missing = [k for k in dict.fromkeys(keys) if (state, k) not in self._anchor_cache]
+        missing = [k for k in dict.fromkeys(keys) if k not in self.anchor_rows]
         if missing:
-            if any(cached[0] != state for cached in self._anchor_cache):
-                self._anchor_cache = {}
             with torch.no_grad():
-                anchors = self.compute_anchors(missing).float()
+                anchors = self.compute_anchors(missing).float().to(self.device)
             logger.info("Text anchors computed for %s", ", ".join(repr(k) for k in missing))
-            self._anchor_cache.update({(state, k): a for k, a in zip(missing, anchors)})
-        return torch.stack([self._anchor_cache[(state, k)] for k in keys])
+            self.anchor_rows.update({k: len(self.anchor_rows) + i for i, k in enumerate(missing)})
+            self.anchor_bank = anchors if self.anchor_bank.numel() == 0 else torch.cat([self.anchor_bank, anchors])
+        rows = torch.tensor([self.anchor_rows[k] for k in keys], device=self.anchor_bank.device)
+        return self.anchor_bank[rows]
 
     # ---- image side ------------------------------------------------------------------------
     def encode_image_features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Adapted unit patch features per level (B, N, E) and the (B, E) detection feature."""
-        features = encode_image(self.backbone, images, layers=self.config.levels,
+        features = encode_image(self.backbone, images, self.config.features_list,
                                 after_block=self.image_adapter.blocks.after_block)
         ln_post = self.backbone.visual.ln_post
-        patches = [ln_post(features.layer_tokens[level][:, 1:]) for level in self.config.levels]
+        patches = [ln_post(features.layer_tokens[level][:, 1:]) for level in self.config.features_list]
         return self.image_adapter(patches)
 
     def blur_parameters(self) -> Tuple[int, float]:
@@ -270,7 +264,7 @@ class AdaptedImageDetector(AnomalyDetector):
             return DEFAULT_DOMAIN
         return domain
 
-    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+    def forward_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
                                     ) -> Tuple[Prediction, PatchFeatures]:
         """Detection scores (B,) ``(det . t_abnormal + 1) / 2``, about [0, 1]; maps (B, S, S) summed
         over levels of the blurred ``(100 cos_abnormal + 1 - 100 cos_normal) / 2``: unbounded and
@@ -283,15 +277,12 @@ class AdaptedImageDetector(AnomalyDetector):
             kernel, sigma = self.blur_parameters()
             maps = anomaly_maps(patch_features, anchors, images.shape[-1], kernel, sigma)
             scores = detection_scores(detection, anchors)
-        return Prediction(scores=scores.float(), maps=maps.float()), dict(zip(self.config.levels, patch_features))
-
-    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
-        return self.predict_with_patch_features(images, class_names)[0]
+        return Prediction(scores=scores.float(), maps=maps.float()), dict(zip(self.config.features_list, patch_features))
 
     def patch_features(self, images: torch.Tensor) -> PatchFeatures:
         with torch.no_grad():
             patch_features, _ = self.encode_image_features(images.to(self.device))
-        return dict(zip(self.config.levels, patch_features))
+        return dict(zip(self.config.features_list, patch_features))
 
     def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
         """Blur on the grid, upsample and sum over levels, as the text maps (:func:`anomaly_maps`)."""
@@ -386,12 +377,6 @@ class AAClipDetector(AdaptedImageDetector):
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         return [self.describe(name) for name in class_names]
 
-    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.text_adapter.parameters()
-
-    def _anchor_state(self) -> tuple:
-        return (self.config.adapt_text,) + super()._anchor_state()
-
     # ---- training ----------------------------------------------------------------------------
     def text_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, class_names: Sequence[str],
                         disentangle_weight: float = 0.1, dpam_layers: int = 20, vv_axis: str = "batch",
@@ -400,7 +385,7 @@ class AAClipDetector(AdaptedImageDetector):
         ``weight * (mean over the batch of <t_normal, t_abnormal>)^2``."""
         if loss_levels not in TEXT_LOSS_LEVELS:
             raise ValueError(f"loss_levels must be one of {TEXT_LOSS_LEVELS}, got {loss_levels!r}")
-        levels = self.config.levels[-1:] if loss_levels == "last" else self.config.levels
+        levels = self.config.features_list[-1:] if loss_levels == "last" else self.config.features_list
         with torch.no_grad():
             features = stage1_patch_features(self.backbone, images, levels, dpam_layers, vv_axis)
         descriptions = self.anchor_keys(class_names)
@@ -415,8 +400,9 @@ class AAClipDetector(AdaptedImageDetector):
 
     # ---- reference checkpoints -------------------------------------------------------------
     @classmethod
-    def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
-        return official.read_checkpoint(path)
+    def read_official_checkpoint(cls, path: str, contents: Optional[Dict[str, Any]] = None
+                                 ) -> Optional[Dict[str, Any]]:
+        return official.read_checkpoint(path, contents)
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Load reference adapter weights; the projection activation (``--relu``) is read from
@@ -436,7 +422,7 @@ class AAClipDetector(AdaptedImageDetector):
         else:
             self.text_adapter.load_state_dict(official.text_state_from_official(dict(text_state), self.config), strict=True)
             self.config.adapt_text = True
-        self._anchor_cache = {}
+        self.text_parts_changed()
 
     def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
         """Reference files of ``stage`` ("text", "image", or "" for both)."""

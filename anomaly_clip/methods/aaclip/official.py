@@ -19,10 +19,11 @@ IMAGE_FILE = "image_adapter.pth"
 IMAGE_EPOCH_FILE = re.compile(r"^image_adapter_(\d+)\.pth$")
 
 
-def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
-    """Read the reference code's adapter files: a folder holding ``text_adapter.pth`` and
+def read_checkpoint(path: str, contents: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Read the official code's adapter files: a folder holding ``text_adapter.pth`` and
     ``image_adapter.pth`` / ``image_adapter_{epoch}.pth`` (the plain file, else the latest
-    epoch), or one of those files (the text adapter beside an image file is picked up)."""
+    epoch), or one of those files, whose dictionary ``contents`` may already have been read (the
+    text adapter beside an image file is picked up). None when ``path`` is none of these."""
     location = Path(path)
     if location.is_dir():
         image_file = _latest_image_file(location)
@@ -35,7 +36,7 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
         return _official_payload(image_file, text_file if text_file.is_file() else None)
     if not location.is_file():
         return None
-    contents = _read_torch_dict(location)
+    contents = dict(contents) if contents is not None else _read_torch_dict(location)
     if contents is None or "format" in contents:
         return None
     if "image_adapter" in contents:
@@ -115,7 +116,7 @@ def official_image_state(adapter: ImageAdapter, relu: bool) -> Dict[str, torch.T
 
 
 def image_state_from_official(state: Mapping[str, torch.Tensor], config: AdaptedImageConfig) -> Dict[str, torch.Tensor]:
-    count, levels, relu = config.image_adapt_until, len(config.levels), config.relu
+    count, levels, relu = config.image_adapt_until, len(config.features_list), config.relu
     adapters = {f"layer_adapters.{i}.fc.0.weight": f"blocks.adapters.{i}.linear.weight" for i in range(count)}
     projections = {_projection_key(f"seg_proj.{i}", relu): f"level_projections.{i}.linear.weight"
                    for i in range(levels)}

@@ -5,7 +5,6 @@ they are; training also writes this format so the reference code can read our re
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -13,16 +12,10 @@ import torch
 OFFICIAL_KEY = "prompt_learner"
 
 
-def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
-    """The reference checkpoint at ``path``, or None when the file is not one."""
-    if not Path(path).is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not ours to read; the caller reports
-        return None
-    if isinstance(checkpoint, dict) and set(checkpoint) == {OFFICIAL_KEY}:
-        return checkpoint
+def recognise(contents: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The official checkpoint in a file's dictionary ``contents``, or None when it is not one."""
+    if isinstance(contents, Mapping) and set(contents) == {OFFICIAL_KEY}:
+        return dict(contents)
     return None
 
 

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...clip.backbone import CLIPBackbone
+from .config import REFERENCE_UNUSED_PROJECTION_DIM
 
 NORMAL_STATES = ("{}",)
 ABNORMAL_STATES = ("damaged {}",)
 AGNOSTIC_CLASS = "object"
-REFERENCE_UNUSED_PROJECTION_DIM = 896
 
 
 class PromptLearner(nn.Module):

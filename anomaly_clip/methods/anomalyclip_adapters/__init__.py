@@ -1,9 +1,16 @@
-"""AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers)."""
-from ...engine.registry import register_method
-from .config import PromptAdapterConfig
-from .flags import PromptAdapterFlags
-from .model import PromptAdapterDetector
+"""AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers).
 
-METHOD = register_method("anomalyclip_adapters", PromptAdapterDetector, PromptAdapterFlags())
+Names load on first use, so the settings (:mod:`.config`) import without torch.
+"""
+from importlib import import_module
+from typing import Any
 
-__all__ = ["PromptAdapterConfig", "PromptAdapterDetector", "PromptAdapterFlags", "METHOD"]
+_EXPORTS = {"PromptAdapterConfig": "config", "PromptAdapterTraining": "config", "PromptAdapterDetector": "model",
+            "train": "training"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
