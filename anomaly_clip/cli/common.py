@@ -125,7 +125,7 @@ def training_settings(namespace: Namespace, method: Method) -> Any:
     if cls is None:
         raise UsageError(f"{method.name} does not train")
     values = {item.name: namespace[item.name] for item in fields(cls)
-              if item.metadata.get("flag", True) and item.name in namespace}
+              if item.metadata.get("flag", True) and item.name in namespace and namespace[item.name] is not None}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
