@@ -16,7 +16,10 @@ from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.evaluation import evaluate
 from anomaly_clip.engine.precision import autocast
 from anomaly_clip.methods.aaclip import AAClipConfig, AAClipDetector
-from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, train_anomalyclip
+from anomaly_clip import fit
+from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, AnomalyCLIPTraining
+
+from conftest import train_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -65,9 +68,9 @@ def test_training_and_evaluation_on_cuda_with_autocast(tiny_backbone_112, tmp_pa
     samples = load_samples(root, split="test")
     dataset = AnomalyDataset(samples, root, image_size=112)
     detector = AnomalyCLIP(copy.deepcopy(tiny_backbone_112).cuda(), AnomalyCLIPConfig(features_list=(12, 24)))
-    result = train_anomalyclip(detector, dataset, tmp_path / "ckpt", epochs=2, batch_size=4, precision="auto",
-                               export_official=False)
-    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    history = fit(detector, dataset, train_config(tmp_path / "ckpt", AnomalyCLIPTraining(epoch=2, batch_size=4),
+                                                  precision="auto", export_official=False)).stages[""].history
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     report_mixed = evaluate(detector, dataset, batch_size=4, num_workers=0, precision="auto", progress=False)
     report_fp32 = evaluate(detector, dataset, batch_size=4, num_workers=0, precision="fp32", progress=False)
     detector_cpu = copy.deepcopy(detector).cpu()

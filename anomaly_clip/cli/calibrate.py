@@ -43,8 +43,8 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
         raise UsageError("--input holds normal images only: F1-max needs labels, so give --normal_quantile")
     from ..data.dataset import AnomalyDataset
     from ..data.formats import load_samples
-    from ..engine.calibration import calibrate, collect_outputs, image_level_samples, sidecar_path
-    from ..engine.inference import expand_inputs
+    from ..engine.calibration import calibrate, image_level_samples, sidecar_path
+    from ..engine.inference import collect_outputs, expand_inputs
 
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")

@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 
 from ..clip.config import BackboneConfig
 from ..engine.registry import Method, registered_methods
-from .options import CommandParser, UsageError, dataclass_flags
+from .options import CommandParser, Flag, UsageError, dataclass_flags
 from .settings import RunSettings
 
 BACKBONE_GROUP = "backbone"
@@ -32,6 +32,7 @@ def add_backbone_flags(command: CommandParser, num_workers: bool = True) -> None
     network.add_argument("--download", dest="download", action="store_true", default=None,
                          help="download uncached pretrained weights even if the quick connection check fails "
                               "(default: download only when the hub answers)")
+    command.table.flags["download"] = Flag("download", ["--offline", "--download"], {}, BACKBONE_GROUP)
     skip = () if num_workers else ("num_workers",)
     command.add_flags(dataclass_flags(RunSettings, BACKBONE_GROUP, skip=skip), BACKBONE_GROUP)
 

@@ -229,6 +229,14 @@ class CommandParser:
         """Add flags under ``title``; a destination that exists already is skipped (methods share fields)."""
         for flag in flags:
             if flag.dest in self.table.flags:
+                known = self.table.flags[flag.dest]
+                extra = [name for name in flag.names if name not in known.names]
+                if extra:  # another method's former names of a shared field
+                    kwargs = dict(known.kwargs, help=f"former name of {known.names[0]}")
+                    self.group(known.group or title).add_argument(*extra, **kwargs)
+                    known.names += extra
+                    for name in extra:
+                        self.table.renamed[name[2:].replace("-", "_")] = flag.dest
                 continue
             self.group(title).add_argument(*flag.names, **flag.kwargs)
             self.table.flags[flag.dest] = flag
@@ -296,15 +304,20 @@ class CommandParser:
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - jsonargparse reports usage problems as ArgumentError
+            self._check_unset(configs, rest)
             message = str(error).strip().replace("\n", " ")
             raise (ConfigError if configs else UsageError)(message) from None
+        self._check_unset(configs, rest)
+        return namespace
+
+    def _check_unset(self, configs: List[str], rest: List[str]) -> None:
+        """A setting of the file left on an unset variable, and not given as a flag, is an error."""
         given = {arg.split("=", 1)[0] for arg in rest if arg.startswith("--")}
         for key, value in self._unset.items():
             if not given & set(self.table.flags[key].names):
                 raise ConfigError(f"{configs[-1].split('=', 1)[-1]}: {key} is {str(value)!r}, but "
                                   f"${value.variable} is not set: export {value.variable}=... or pass "
                                   f"{self.table.option(key)}")
-        return namespace
 
 
 def plain(value: Any) -> Any:

@@ -26,12 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import Dataset
 
 from ..data.records import Sample
 from ..files import atomic_path
 from ..metrics import binary_f1_max_threshold
-from .inference import iterate_batches
 
 if TYPE_CHECKING:
     from .detector import AnomalyDetector
@@ -204,32 +202,6 @@ class CalibrationOutputs:
     maps: Optional[torch.Tensor]
     masks: Optional[torch.Tensor]
     class_names: List[str]
-
-
-def collect_outputs(detector: "AnomalyDetector", dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
-                    precision: str = "auto", class_name: Optional[str] = None, keep_maps: bool = True,
-                    progress: bool = True) -> CalibrationOutputs:
-    """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
-    replaces the dataset's class names (predict then uses it by default). The maps are kept on
-    the host only with ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
-    has_masks = keep_maps and getattr(dataset, "has_masks", False)
-    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
-    names: List[str] = []
-    for output in iterate_batches(detector, dataset, batch_size=batch_size, num_workers=num_workers,
-                                  precision=precision, class_name=class_name, progress=progress, desc="calibrate"):
-        parts["scores"].append(output.scores)
-        parts["peaks"].append(output.map_peaks)
-        parts["floors"].append(output.map_floors)
-        parts["labels"].append(output.labels.bool())
-        if keep_maps:
-            parts["maps"].append(output.maps.cpu())
-        if has_masks:
-            parts["masks"].append(output.masks.cpu())
-        names += output.class_names
-    return CalibrationOutputs(
-        scores=torch.cat(parts["scores"]), map_peaks=torch.cat(parts["peaks"]), map_floors=torch.cat(parts["floors"]),
-        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]) if keep_maps else None,
-        masks=torch.cat(parts["masks"]) if has_masks else None, class_names=sorted(set(names)))
 
 
 def quantile_value(values: torch.Tensor, q: float) -> float:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from torch import nn
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone
 from .config import MethodConfig
-
-if TYPE_CHECKING:
-    from .calibration import Calibration
 
 PatchFeatures = Dict[int, torch.Tensor]
 """Unit-norm patch features (B, N, E) per visual block (1-based), class token excluded."""
@@ -49,9 +46,9 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     method_name: ClassVar[str] = ""
     config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     mask_interpolation: ClassVar[str] = "bilinear"
-    calibration: Optional["Calibration"] = None
-    """The post-processor found beside a loaded checkpoint (thresholds, score statistics); the
-    inferencer uses it, :meth:`forward` never does."""
+    calibration: Optional[Any] = None
+    """The post-processor (:class:`~anomaly_clip.engine.calibration.Calibration`) found beside a
+    loaded checkpoint (thresholds, score statistics); the inferencer uses it, :meth:`forward` never does."""
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()

@@ -5,7 +5,7 @@
 chosen precision, and yields one :class:`BatchOutput` per batch: paths, class names, labels,
 masks, scores, maps at model size (their maxima and minima computed once), and on request maps at
 each image's original size, the original images and the patch features. Evaluation
-(:mod:`.evaluation`), calibration (:mod:`.calibration`), prediction on files (:func:`predict_files`,
+(:mod:`.evaluation`), calibration (:func:`collect_outputs`), prediction on files (:func:`predict_files`,
 :class:`Inferencer`) and the normal-reference memory bank (:mod:`.references`) all consume it.
 
 Every image is read with :func:`anomaly_clip.data.imaging.read_rgb` and preprocessed with the
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import ImageTransform
 from ..data.imaging import UnreadableImageError, read_rgb
+from .calibration import Calibration, CalibrationOutputs
 from .detector import AnomalyDetector, PatchFeatures, Prediction
 from .distributed import is_main_process
 from .precision import autocast
@@ -202,6 +203,32 @@ def iterate_batches(detector: AnomalyDetector, dataset: Dataset, batch_size: int
         yield output
 
 
+def collect_outputs(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
+                    precision: str = "auto", class_name: Optional[str] = None, keep_maps: bool = True,
+                    progress: bool = True) -> CalibrationOutputs:
+    """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
+    replaces the dataset's class names (predict then uses it by default). The maps are kept on
+    the host only with ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
+    has_masks = keep_maps and getattr(dataset, "has_masks", False)
+    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
+    names: List[str] = []
+    for output in iterate_batches(detector, dataset, batch_size=batch_size, num_workers=num_workers,
+                                  precision=precision, class_name=class_name, progress=progress, desc="calibrate"):
+        parts["scores"].append(output.scores)
+        parts["peaks"].append(output.map_peaks)
+        parts["floors"].append(output.map_floors)
+        parts["labels"].append(output.labels.bool())
+        if keep_maps:
+            parts["maps"].append(output.maps.cpu())
+        if has_masks:
+            parts["masks"].append(output.masks.cpu())
+        names += output.class_names
+    return CalibrationOutputs(
+        scores=torch.cat(parts["scores"]), map_peaks=torch.cat(parts["peaks"]), map_floors=torch.cat(parts["floors"]),
+        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]) if keep_maps else None,
+        masks=torch.cat(parts["masks"]) if has_masks else None, class_names=sorted(set(names)))
+
+
 @dataclass
 class ImagePrediction:
     """One row of a prediction run: the per-image score and decision, or why the file was skipped.
@@ -233,8 +260,6 @@ def predict_files(detector: AnomalyDetector, paths: Sequence[str | os.PathLike],
     ``sink`` (with the original RGB array when ``keep_originals``) or kept in the rows
     (``keep_maps``). ``scorer`` as for :func:`iterate_batches`.
     """
-    from .calibration import Calibration
-
     calibration = calibration if calibration is not None else detector.calibration
     post = calibration if calibration is not None else Calibration(method=detector.method_name)
     dataset = ImageFiles(paths, detector.image_size, high_bit_depth, class_names, keep_originals)
@@ -304,7 +329,5 @@ class Inferencer:
                pixel_threshold: Optional[float] = None):
         """Labels and masks of ``prediction`` (see :meth:`Calibration.decide`); thresholds given
         here win over the calibration's."""
-        from .calibration import Calibration
-
         calibration = self.calibration or Calibration(method=self.detector.method_name)
         return calibration.with_thresholds(image_threshold, pixel_threshold).decide(prediction)
