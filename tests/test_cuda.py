@@ -40,9 +40,9 @@ def images():
 @pytest.mark.parametrize("name", ["anomalyclip", "aaclip"])
 def test_cuda_float32_equals_cpu(tiny_backbone_112, images, name):
     detector = detectors(copy.deepcopy(tiny_backbone_112))[name].eval()
-    on_cpu = detector.predict(images, ["bottle"] * 4)
+    on_cpu = detector(images, ["bottle"] * 4)
     detector = detector.cuda()
-    on_gpu = detector.predict(images.cuda(), ["bottle"] * 4)
+    on_gpu = detector(images.cuda(), ["bottle"] * 4)
     torch.testing.assert_close(on_gpu.scores.cpu(), on_cpu.scores, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(on_gpu.maps.cpu(), on_cpu.maps, rtol=1e-3, atol=1e-3)
 
@@ -52,9 +52,9 @@ def test_cuda_float32_equals_cpu(tiny_backbone_112, images, name):
 def test_mixed_precision_stays_close_and_float32(tiny_backbone_112, images, name, precision):
     detector = detectors(copy.deepcopy(tiny_backbone_112))[name].eval().cuda()
     batch = images.cuda()
-    reference = detector.predict(batch, ["bottle"] * 4)
+    reference = detector(batch, ["bottle"] * 4)
     with autocast(detector.device, precision):
-        mixed = detector.predict(batch, ["bottle"] * 4)
+        mixed = detector(batch, ["bottle"] * 4)
     assert mixed.scores.dtype == torch.float32 and mixed.maps.dtype == torch.float32
     assert torch.isfinite(mixed.maps).all() and torch.isfinite(mixed.scores).all()
     torch.testing.assert_close(mixed.scores, reference.scores, rtol=0.05, atol=0.02)

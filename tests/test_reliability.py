@@ -339,13 +339,13 @@ def test_non_finite_predictions_are_an_error_naming_the_class(bad, where):
 def test_predict_rejects_wrong_input_with_the_expected_shape(tiny_backbone, shape, dtype):
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24))).eval()
     with pytest.raises(ValueError, match=rf"\(B, 3, {SIZE}, {SIZE}\)"):
-        detector.predict(torch.zeros(shape, dtype=dtype))
+        detector(torch.zeros(shape, dtype=dtype))
 
 
 def test_predict_rejects_class_names_of_another_count(tiny_backbone):
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24))).eval()
     with pytest.raises(ValueError, match="3 class names for 2 images"):
-        detector.predict(torch.zeros(2, 3, SIZE, SIZE), ["a", "b", "c"])
+        detector(torch.zeros(2, 3, SIZE, SIZE), ["a", "b", "c"])
 
 
 # ---- interrupted and failing runs --------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import open_clip
+from open_clip.factory import load_state_dict
 import torch
 from torch import nn
 
@@ -85,7 +86,7 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore", FutureWarning)
                 state_dict = dict(torch.jit.load(path, map_location="cpu").state_dict())
         else:
-            state_dict = open_clip.load_state_dict(path)
+            state_dict = load_state_dict(path)
         if not isinstance(state_dict, dict) or not state_dict:
             raise ValueError(f"holds a {type(state_dict).__name__}, not a CLIP state dict")
         state_dict = dict(state_dict)

@@ -55,6 +55,18 @@ class Decision:
     masks: Optional[Union[torch.Tensor, List[torch.Tensor]]]
 
 
+def decide(scores: torch.Tensor, maps: Optional[Union[torch.Tensor, List[torch.Tensor]]],
+           image_threshold: Optional[float], pixel_threshold: Optional[float]) -> Decision:
+    """Labels ``score >= image_threshold`` (B,) and masks ``map >= pixel_threshold`` (a (B, H, W)
+    tensor or a list of maps), compared in float64; None where a threshold (or the maps) is missing."""
+    labels = scores.double() >= image_threshold if image_threshold is not None else None
+    masks = None
+    if pixel_threshold is not None and maps is not None:
+        masks = [m.double() >= pixel_threshold for m in maps] if isinstance(maps, list) else \
+            maps.double() >= pixel_threshold
+    return Decision(labels=labels, masks=masks)
+
+
 @dataclass
 class Calibration:
     """The post-processor of one detector: its thresholds (None where unknown), the statistics of
@@ -106,23 +118,12 @@ class Calibration:
 
     def decide_images(self, scores: torch.Tensor) -> Optional[torch.Tensor]:
         """``score >= image_threshold`` (compared in float64, as the stored threshold), None without one."""
-        if self.image_threshold is None:
-            return None
-        return scores.double() >= self.image_threshold
-
-    def decide_pixels(self, maps: Union[torch.Tensor, List[torch.Tensor]]
-                      ) -> Optional[Union[torch.Tensor, List[torch.Tensor]]]:
-        """``map >= pixel_threshold`` for a (B, H, W) tensor or a list of maps, None without one."""
-        if self.pixel_threshold is None:
-            return None
-        if isinstance(maps, list):
-            return [m.double() >= self.pixel_threshold for m in maps]
-        return maps.double() >= self.pixel_threshold
+        return decide(scores, None, self.image_threshold, None).labels
 
     def decide(self, prediction: Any) -> Decision:
         """Labels and masks of a :class:`~anomaly_clip.engine.detector.Prediction` (None where no
         threshold is known)."""
-        return Decision(labels=self.decide_images(prediction.scores), masks=self.decide_pixels(prediction.maps))
+        return decide(prediction.scores, prediction.maps, self.image_threshold, self.pixel_threshold)
 
     def to_dict(self) -> Dict[str, Any]:
         values = asdict(self)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import ImageTransform
 from ..data.imaging import UnreadableImageError, read_rgb
-from .calibration import Calibration, CalibrationOutputs
+from .calibration import Calibration, CalibrationOutputs, Decision, decide
 from .detector import AnomalyDetector, PatchFeatures, Prediction
 from .distributed import is_main_process
 from .precision import autocast
@@ -326,8 +326,10 @@ class Inferencer:
         return Prediction(scores=scores, maps=maps if original_size else torch.stack(maps))
 
     def decide(self, prediction: Prediction, image_threshold: Optional[float] = None,
-               pixel_threshold: Optional[float] = None):
+               pixel_threshold: Optional[float] = None) -> Decision:
         """Labels and masks of ``prediction`` (see :meth:`Calibration.decide`); thresholds given
         here win over the calibration's."""
         calibration = self.calibration or Calibration(method=self.detector.method_name)
-        return calibration.with_thresholds(image_threshold, pixel_threshold).decide(prediction)
+        return decide(prediction.scores, prediction.maps,
+                      calibration.image_threshold if image_threshold is None else image_threshold,
+                      calibration.pixel_threshold if pixel_threshold is None else pixel_threshold)

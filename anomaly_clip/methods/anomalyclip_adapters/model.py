@@ -47,17 +47,22 @@ class PromptAdapterDetector(AdaptedImageDetector):
         """The AnomalyCLIP configuration whose prompt learner this detector holds."""
         return AnomalyCLIPConfig(**{name: getattr(self.config, name) for name in PROMPT_FIELDS})
 
-    def load_prompts(self, detector: AnomalyCLIP) -> None:
-        """Take the prompt learner of a trained object-agnostic AnomalyCLIP detector."""
+    def load_prompts(self, detector: AnomalyCLIP, adopt_settings: bool = False) -> None:
+        """Take the prompt learner of a trained object-agnostic AnomalyCLIP detector. Prompt
+        settings that differ from this detector's are an error, or with ``adopt_settings``
+        become this detector's (a ``--prompt_checkpoint`` of another prompt shape)."""
         if detector.config.object_classes:
             raise ValueError("only object-agnostic AnomalyCLIP prompts can serve as anchors")
         mismatched = [n for n in PROMPT_FIELDS if getattr(detector.config, n) != getattr(self.config, n)]
+        if mismatched and not adopt_settings:
+            raise ValueError(f"AnomalyCLIP prompt settings {mismatched} differ from this detector's")
         if mismatched:
             logger.info("Prompt settings %s taken from the AnomalyCLIP prompts",
                         {name: getattr(detector.config, name) for name in mismatched})
             for name in PROMPT_FIELDS:
                 setattr(self.config, name, getattr(detector.config, name))
             self.prompt_learner = detector.prompt_learner
+            self.text_parts_changed()
         else:
             self.prompt_learner.load_state_dict(detector.prompt_learner.state_dict())
         self.text_parts_changed()

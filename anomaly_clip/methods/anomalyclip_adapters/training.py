@@ -39,7 +39,7 @@ def train(detector: PromptAdapterDetector, data: TrainData, config: TrainConfig)
         stages["prompts"] = train_prompts(prompts, data, replace(
             config, save_path=str(Path(config.save_path) / "prompts"), method=prompt_training,
             run_settings={})).stages[""]
-    detector.load_prompts(prompts)
+    detector.load_prompts(prompts, adopt_settings=bool(settings.prompt_checkpoint))
     if config.init_checkpoint:
         initialise_from_checkpoint(detector, config.init_checkpoint)
     if isinstance(data, TrainingData):
