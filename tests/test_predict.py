@@ -178,9 +178,10 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         sidecar_path(checkpoint).unlink()
 
 
-def test_calibration_needs_labels_for_f1_max(checkpoint, synthetic):
-    with pytest.raises(SystemExit):
-        cli.calibrate_main(["--checkpoint_path", str(checkpoint), "--input", synthetic, *TINY[-4:]])
+def test_calibration_needs_labels_for_f1_max(checkpoint, synthetic, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run("calibrate", ["--checkpoint_path", str(checkpoint), "--input", synthetic, *TINY[-4:]])
+    assert exit_info.value.code == 2 and "give --normal_quantile" in capsys.readouterr().err
 
 
 def test_quantile_value_and_png16_maps(tmp_path):

@@ -158,7 +158,7 @@ def test_two_shot_bank_changes_maps_as_documented(anomalyclip, aaclip, synthetic
 def test_evaluation_uses_one_backbone_pass_and_never_rebuilds_the_bank(anomalyclip, synthetic_root, monkeypatch):
     bank = MemoryBank.build(anomalyclip, references(synthetic_root), synthetic_root)
     frozen = {name: {layer: t.clone() for layer, t in layers.items()} for name, layers in bank.features.items()}
-    calls = {"patch_features": 0, "forward_with_patch_features": 0, "predict": 0}
+    calls = {"patch_features": 0, "forward_with_patch_features": 0, "forward": 0}
     for name in calls:
         original = getattr(anomalyclip, name)
 
@@ -169,7 +169,7 @@ def test_evaluation_uses_one_backbone_pass_and_never_rebuilds_the_bank(anomalycl
         monkeypatch.setattr(anomalyclip, name, spy)
     test = AnomalyDataset(load_samples(synthetic_root, split="test"), synthetic_root, image_size=56)
     report = evaluate(anomalyclip, test, batch_size=4, num_workers=0, progress=False, references=bank)
-    assert calls == {"patch_features": 0, "forward_with_patch_features": 2, "predict": 0}
+    assert calls == {"patch_features": 0, "forward_with_patch_features": 2, "forward": 0}
     assert [row.name for row in report.rows] == ["fabric", "washer"]
     for name, layers in frozen.items():
         for layer, value in layers.items():

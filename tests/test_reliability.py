@@ -355,13 +355,13 @@ KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
     from anomaly_clip.engine import training
     from anomaly_clip.cli.main import run
 
-    write_checkpoint = training._save_epoch
+    write_checkpoint = training.save_epoch
 
     def write_then_die(*args, **kwargs):
         write_checkpoint(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    training._save_epoch = write_then_die
+    training.save_epoch = write_then_die
     run("train", sys.argv[1:])
 """)
 

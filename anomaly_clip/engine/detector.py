@@ -18,6 +18,7 @@ from torch import nn
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone
 from .config import MethodConfig
+from .registry import method_of
 
 PatchFeatures = Dict[int, torch.Tensor]
 """Unit-norm patch features (B, N, E) per visual block (1-based), class token excluded."""
@@ -43,7 +44,6 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     (``eval()`` after ``train()``); call it yourself after changing text parameters by hand.
     """
 
-    method_name: ClassVar[str] = ""
     config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     mask_interpolation: ClassVar[str] = "bilinear"
     calibration: Optional[Any] = None
@@ -60,6 +60,11 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def default_backbone_config(cls) -> BackboneConfig:
         """The backbone settings of the method's official code (activation, resizing)."""
         return BackboneConfig(**cls.config_class.backbone_defaults)
+
+    @property
+    def method_name(self) -> str:
+        """The name this detector's class is registered under (``anomalyclip``, ``aaclip``, ...)."""
+        return method_of(type(self))
 
     @property
     def device(self) -> torch.device:

@@ -45,9 +45,13 @@ class Method:
 
     @property
     def detector_class(self) -> Type[Any]:
-        cls = resolve(self.detector)
-        cls.method_name = self.name
-        return cls
+        return resolve(self.detector)
+
+    def names(self, cls: type) -> bool:
+        """Whether ``cls`` is this method's detector class (compared by name: nothing is imported)."""
+        if isinstance(self.detector, str):
+            return self.detector == f"{cls.__module__}:{cls.__qualname__}"
+        return self.detector is cls
 
     @property
     def config_class(self) -> Type[Any]:
@@ -101,6 +105,17 @@ def find_method(name: str) -> Method:
         if canonical_method_name(registered) == key:
             return method
     raise KeyError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+
+
+def method_of(cls: type) -> str:
+    """The registered name of detector class ``cls`` (of its closest registered base class),
+    ``""`` when none is registered."""
+    _register_builtins()
+    for base in cls.__mro__:
+        for method in METHODS.values():
+            if method.names(base):
+                return method.name
+    return ""
 
 
 def method_names() -> List[str]:
