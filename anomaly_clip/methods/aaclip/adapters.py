@@ -63,7 +63,7 @@ class ResidualAdapters(nn.Module):
 
 
 def xavier_init(module: nn.Module) -> None:
-    """Xavier-uniform every weight matrix, as the reference code initialises its adapters."""
+    """Xavier-uniform every weight matrix, as the official code initialises its adapters."""
     for parameter in module.parameters():
         if parameter.dim() > 1:
             nn.init.xavier_uniform_(parameter)

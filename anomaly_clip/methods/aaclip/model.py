@@ -6,7 +6,7 @@ anchors towards orthogonality. Stage 2 freezes those anchors and adapts the imag
 its patch and image features align with them. Inference compares adapted patch features with
 the class's anchors at four depths and blurs the low-resolution maps before upsampling.
 
-Defaults follow the reference code (see the method's documentation page for where it differs
+Defaults follow the official code (see the method's documentation page for where it differs
 from the paper and which options give the paper's variant).
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def disentangle_loss(anchors: torch.Tensor) -> torch.Tensor:
 
 
 def _rescale(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """The reference evaluation's rescaling to [0, 1] by min and max, skipped when the max is already 1."""
+    """The official evaluation's rescaling to [0, 1] by min and max, skipped when the max is already 1."""
     if bool(high == 1):
         return values
     return (values - low) / (high - low).clamp_min(torch.finfo(values.dtype).tiny)
@@ -122,7 +122,7 @@ def fuse_scores(scores: torch.Tensor, map_peaks: torch.Tensor, score_range: Tupl
 
 def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
                       domain: str) -> torch.Tensor:
-    """Image scores of one class as the reference evaluation computes them.
+    """Image scores of one class as the official evaluation computes them.
 
     Scores and maps are min-max rescaled over the whole class, then fused (:func:`fuse_scores`).
     Only each map's maximum (``map_peaks``) and minimum (``map_floors``) are needed, so no map is
@@ -137,7 +137,7 @@ def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors:
 
 def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tensor:
     """A block whose attention is V-V, MLP kept; ``axis="batch"`` attends across the images of
-    the batch at each token position (what the reference stage-1 extractor computes, because its
+    the batch at each token position (what the official stage-1 extractor computes, because its
     replacement attention receives sequence-first tensors), ``"tokens"`` across an image's tokens."""
     normed = block.ln_1(x)
     if axis == "batch":
@@ -306,7 +306,7 @@ class AdaptedImageDetector(AnomalyDetector):
 
     def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
                      statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
-        """The fused score of the reference evaluation with the calibration's fixed ranges in
+        """The fused score of the official evaluation with the calibration's fixed ranges in
         place of each class's min/max; without calibration statistics the detection score alone."""
         if self.config.image_score == "detection":
             return scores
@@ -398,14 +398,14 @@ class AAClipDetector(AdaptedImageDetector):
         return {"loss": segmentation + disentangle_weight * disentangle, "segmentation": segmentation,
                 "disentangle": disentangle}
 
-    # ---- reference checkpoints -------------------------------------------------------------
+    # ---- official checkpoints -------------------------------------------------------------
     @classmethod
     def read_official_checkpoint(cls, path: str, contents: Optional[Dict[str, Any]] = None
                                  ) -> Optional[Dict[str, Any]]:
         return official.read_checkpoint(path, contents)
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        """Load reference adapter weights; the projection activation (``--relu``) is read from
+        """Load official adapter weights; the projection activation (``--relu``) is read from
         the file's keys, the adapter counts must match the configuration."""
         image_state = dict(checkpoint["image_adapter"])
         relu = any(re.fullmatch(r"seg_proj\.\d+\.fc\.0\.weight", key) for key in image_state)
@@ -417,7 +417,7 @@ class AAClipDetector(AdaptedImageDetector):
         self.image_adapter.load_state_dict(official.image_state_from_official(image_state, self.config), strict=True)
         text_state = checkpoint.get("text_adapter")
         if text_state is None:
-            logger.info("No reference text adapter: anchors use plain CLIP text features")
+            logger.info("No official text adapter: anchors use plain CLIP text features")
             self.config.adapt_text = False
         else:
             self.text_adapter.load_state_dict(official.text_state_from_official(dict(text_state), self.config), strict=True)
@@ -425,7 +425,7 @@ class AAClipDetector(AdaptedImageDetector):
         self.text_parts_changed()
 
     def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
-        """Reference files of ``stage`` ("text", "image", or "" for both)."""
+        """Official files of ``stage`` ("text", "image", or "" for both)."""
         files: Dict[str, Dict[str, Any]] = {}
         if stage in ("", "text") and self.config.adapt_text:
             files[official.TEXT_FILE] = {"epoch": epoch, "text_adapter": official.official_text_state(self.text_adapter)}

@@ -1,7 +1,7 @@
-"""AA-CLIP's reference checkpoint files: ``text_adapter.pth`` and ``image_adapter[_N].pth``.
+"""AA-CLIP's official checkpoint files: ``text_adapter.pth`` and ``image_adapter[_N].pth``.
 
-Reading converts the reference key layout into our adapters' names; writing does the reverse,
-so released adapter folders load as they are and our training can be read by the reference code.
+Reading converts the official key layout into our adapters' names; writing does the reverse,
+so released adapter folders load as they are and our training can be read by the official code.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def read_checkpoint(path: str, contents: Optional[Mapping[str, Any]] = None) -> 
 def _read_torch_dict(path: Path) -> Optional[Dict[str, Any]]:
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not a reference file
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not an official file
         return None
     return contents if isinstance(contents, dict) else None
 
@@ -82,7 +82,7 @@ def _check_keys(found: Mapping[str, Any], expected: Sequence[str], what: str, hi
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"reference {what} does not fit this configuration ({hint}): "
+        raise ValueError(f"official {what} does not fit this configuration ({hint}): "
                          f"missing {missing[:6]}, unexpected {unexpected[:6]}")
 
 
@@ -91,7 +91,7 @@ def _projection_key(prefix: str, relu: bool) -> str:
 
 
 def official_text_state(adapter: TextAdapter) -> Dict[str, torch.Tensor]:
-    """Text adapter in the reference layout: adapters ``{i}.fc.0.weight``, then the projection."""
+    """Text adapter in the official layout: adapters ``{i}.fc.0.weight``, then the projection."""
     state = {f"{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
     state[f"{len(adapter.blocks)}.fc.0.weight"] = adapter.projection.linear.weight
     return {k: v.detach().cpu().clone() for k, v in state.items()}
@@ -107,7 +107,7 @@ def text_state_from_official(state: Mapping[str, torch.Tensor], config: AAClipCo
 
 
 def official_image_state(adapter: ImageAdapter, relu: bool) -> Dict[str, torch.Tensor]:
-    """Image adapter in the reference layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
+    """Image adapter in the official layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
     state = {f"layer_adapters.{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
     state.update({_projection_key(f"seg_proj.{i}", relu): p.linear.weight
                   for i, p in enumerate(adapter.level_projections)})

@@ -1,7 +1,7 @@
-"""AnomalyCLIP's reference checkpoint format: ``{"prompt_learner": state_dict}``.
+"""AnomalyCLIP's official checkpoint format: ``{"prompt_learner": state_dict}``.
 
 Released files (e.g. ``9_12_4_multiscale_visa/epoch_15.pth``) load into our prompt learner as
-they are; training also writes this format so the reference code can read our results.
+they are; training also writes this format so the official code can read our results.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def recognise(contents: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]
 
 
 def prompt_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The prompt-learner state of a reference checkpoint, checked against our learner's shapes."""
+    """The prompt-learner state of an official checkpoint, checked against our learner's shapes."""
     state = dict(checkpoint[OFFICIAL_KEY])
     problems = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                 for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -33,6 +33,6 @@ def prompt_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor])
 
 
 def checkpoint_files(state: Mapping[str, torch.Tensor], epoch: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
-    """File name -> payload of the reference format for a prompt-learner state."""
+    """File name -> payload of the official format for a prompt-learner state."""
     name = f"official_epoch_{epoch}.pth" if epoch is not None else "official.pth"
     return {name: {OFFICIAL_KEY: {k: v.detach().cpu() for k, v in state.items()}}}
