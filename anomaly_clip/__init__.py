@@ -13,8 +13,7 @@ Typical use::
 Names are imported on first use, so ``import anomaly_clip`` (and the command line's ``--help``)
 starts without torch.
 """
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,10 +27,4 @@ _EXPORTS = {
     "evaluate": "engine.evaluation", "get_method": "methods", "METHODS": "methods",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_clip' has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

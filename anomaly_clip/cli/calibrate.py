@@ -13,24 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .common import add_backbone_flags, add_method_flags, data_path_flag, setup_logging
-from .options import CommandParser, UsageError, dataclass_flags
+from .common import setup_logging
+from .options import CommandParser, UsageError
 from .settings import CalibrateSettings, DataSettings, ImageSettings
-from .test import add_model_flags, load_model
+from .test import checkpoint_command, load_model
 
 
 def build_calibrate_parser() -> CommandParser:
     """The parser of ``calibrate``: model, images (dataset or files), rule, backbone, method flags."""
-    command = CommandParser("anomaly-clip calibrate", "Find image and pixel thresholds and store them with the "
-                            "model.", "calibrate")
-    add_model_flags(command)
-    command.add_flags(dataclass_flags(ImageSettings, "model"), "model")
-    data_path_flag(command, "data_path", required=False)
-    command.add_flags(dataclass_flags(DataSettings, "data"), "data")
-    command.add_flags(dataclass_flags(CalibrateSettings, "calibration"), "calibration")
-    add_backbone_flags(command)
-    add_method_flags(command)
-    return command
+    return checkpoint_command("anomaly-clip calibrate", "Find image and pixel thresholds and store them with the "
+                              "model.", "calibrate", [(ImageSettings, "model"), (DataSettings, "data"),
+                                                      (CalibrateSettings, "calibration")], data_path=False)
 
 
 def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:

@@ -81,9 +81,9 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> dict:
 
     detector = api.create_detector("anomalyclip", backbone=backbone)
     api.fit(detector, train_set, TrainConfig(save_path=str(output / "checkpoints"), seed=args.seed,
-                                             save_freq=args.epochs, num_workers=0,
+                                             save_freq=args.epochs, num_workers=DemoSettings().num_workers,
                                              method=AnomalyCLIPTraining(epoch=args.epochs, batch_size=args.batch_size)))
-    report = evaluate(detector, eval_set, batch_size=args.batch_size, num_workers=0,
+    report = evaluate(detector, eval_set, batch_size=args.batch_size, num_workers=DemoSettings().num_workers,
                       visualize=output / "heatmaps")
     settings = {"demo": True, "pretrained": pretrained, "train_classes": train_classes,
                 "eval_classes": eval_classes, "backbone_config": backbone.config.to_dict()}

@@ -13,10 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .common import add_backbone_flags, add_method_flags, setup_logging
+from .common import setup_logging
 from .options import CommandParser, dataclass_flags
 from .settings import ImageSettings, PredictSettings, ReferenceSettings
-from .test import add_model_flags, load_model, reference_bank
+from .test import checkpoint_command, load_model, reference_bank
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +25,13 @@ PREDICT_REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_referen
 
 def build_predict_parser() -> CommandParser:
     """The parser of ``predict``: inputs and outputs, model, thresholds, normal references, backbone."""
-    command = CommandParser("anomaly-clip predict", "Score your own images with a trained model.", "predict")
+    skip = [f for f in ReferenceSettings.__dataclass_fields__ if f not in PREDICT_REFERENCE_FLAGS]
+    command = checkpoint_command("anomaly-clip predict", "Score your own images with a trained model.", "predict",
+                                 [(ImageSettings, "model"), (ReferenceSettings, "few-shot normal references")],
+                                 skip=skip)
     flags = dataclass_flags(PredictSettings, "predict")
     flags[0].kwargs.update(required=True, nargs="+")
     command.add_flags(flags, "predict")
-    add_model_flags(command)
-    command.add_flags(dataclass_flags(ImageSettings, "model"), "model")
-    skip = [f for f in ReferenceSettings.__dataclass_fields__ if f not in PREDICT_REFERENCE_FLAGS]
-    command.add_flags(dataclass_flags(ReferenceSettings, "few-shot normal references", skip=skip),
-                      "few-shot normal references")
-    add_backbone_flags(command)
-    add_method_flags(command)
     return command
 
 

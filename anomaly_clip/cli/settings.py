@@ -8,12 +8,9 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..engine.config import PRECISIONS
+from ..engine.config import MAP_FORMATS, METRIC_LEVELS, PRECISIONS
 from ..settings import setting
 
-METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
-AUPRO_DEFINITIONS = ("compat", "exact")
-MAP_FORMATS = ("npz", "png16")
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
 
 
@@ -54,7 +51,8 @@ class EvaluationSettings:
     save_path: str = setting("./results", "folder for the log, tables and outputs")
     metrics: str = setting("image-pixel-level", "metric levels", choices=METRIC_LEVELS)
     aupro: str = setting("compat", "AUPRO definition: compat = 200 thresholds as in the published tables, exact = "
-                                   "MVTec benchmark integral", choices=AUPRO_DEFINITIONS)
+                                   "MVTec benchmark integral (or one registered with "
+                                   "anomaly_clip.metrics.register_aupro)")
     batch_size: int = setting(8, "evaluation batch size")
     save_predictions: Optional[str] = setting(None, "write one .npz per class (paths, labels, scores, maps)",
                                               metavar="DIR")
@@ -144,6 +142,7 @@ class DemoSettings:
     train_classes: int = setting(3, "synthetic classes used for training")
     seed: int = setting(111, "random seed")
     device: str = setting("auto", "cuda, cpu, or auto")
+    num_workers: int = setting(0, flag=False)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
                      method_config_values, method_names, plain_settings, setup_logging)
@@ -22,17 +22,27 @@ def add_model_flags(command: CommandParser) -> None:
                          help=ModelSettings.__dataclass_fields__["method"].metadata["help"])
 
 
-def build_test_parser() -> CommandParser:
-    """The parser of ``test``: model, evaluation, data, normal references, backbone, method flags."""
-    command = CommandParser("test.py", "Evaluate a trained detector on a dataset.", "test")
+def checkpoint_command(prog: str, description: str, section: str, groups: Sequence[Tuple[type, str]],
+                       data_path: Optional[bool] = None, skip: Sequence[str] = ()) -> CommandParser:
+    """The parser of a command that reads a checkpoint: model flags, ``groups`` (settings class,
+    title), the dataset root (required, optional, or none: ``data_path`` True/False/None),
+    backbone and every method's flags; fields named in ``skip`` are left out."""
+    command = CommandParser(prog, description, section)
     add_model_flags(command)
-    command.add_flags(dataclass_flags(EvaluationSettings, "evaluation"), "evaluation")
-    data_path_flag(command, "data_path", required=True)
-    command.add_flags(dataclass_flags(DataSettings, "data"), "data")
-    command.add_flags(dataclass_flags(ReferenceSettings, "few-shot normal references"), "few-shot normal references")
+    for cls, title in groups:
+        if cls is DataSettings and data_path is not None:
+            data_path_flag(command, "data_path", required=data_path)
+        command.add_flags(dataclass_flags(cls, title, skip=skip), title)
     add_backbone_flags(command)
     add_method_flags(command)
     return command
+
+
+def build_test_parser() -> CommandParser:
+    """The parser of ``test``: model, evaluation, data, normal references, backbone, method flags."""
+    return checkpoint_command("test.py", "Evaluate a trained detector on a dataset.", "test",
+                              [(EvaluationSettings, "evaluation"), (DataSettings, "data"),
+                               (ReferenceSettings, "few-shot normal references")], data_path=True)
 
 
 def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
@@ -62,8 +72,11 @@ def reference_bank(args, detector, data_path: Optional[str], class_name: Optiona
         return None
     if not 0.0 <= args.reference_weight <= 1.0:
         raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
+    defaults = ReferenceSettings()
+    split, seed = args.get("reference_split"), args.get("reference_seed")
     bank = memory_bank(detector, source, data_path=data_path, class_name=class_name,
-                       split=args.get("reference_split") or "train", seed=args.get("reference_seed") or 0,
+                       split=defaults.reference_split if split is None else split,
+                       seed=defaults.reference_seed if seed is None else seed,
                        batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
     from ..engine.distributed import is_main_process
 

@@ -23,7 +23,8 @@ def build_train_parser() -> CommandParser:
                          help="method to train")
     command.add_flags(dataclass_flags(TrainConfig, "run"), "run")
     command.add_argument("--no-export-official", title="run", dest="export_official", action="store_false",
-                         default=True, help="do not also write checkpoints in the official code's format")
+                         default=TrainConfig().export_official,
+                         help="do not also write checkpoints in the official code's format")
     data_path_flag(command, "train_data_path", required=True)
     command.add_flags(dataclass_flags(DataSettings, "data"), "data")
     command.add_flags(dataclass_flags(PseudoAnomalySettings, "pseudo-anomalies (training on normal images)"),

@@ -2,16 +2,9 @@
 
 Names load on first use, so :mod:`.config` imports without torch.
 """
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {"BackboneConfig": "config", "CLIPBackbone": "backbone", "InvalidWeightsError": "weights",
             "WeightsNotFoundError": "weights", "load_backbone": "backbone", "DPAMConfig": "dpam",
             "VisualFeatures": "dpam", "encode_image": "dpam"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

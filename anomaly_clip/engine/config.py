@@ -9,6 +9,8 @@ from ..settings import check_choice, field_values, setting
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "off", "device", "host", "disk")
+METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
+MAP_FORMATS = ("npz", "png16")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from ..clip.backbone import RANDOM_WEIGHTS_WARNING
 from ..files import atomic_path
 from ..metrics import AnomalyEvaluator, MetricsReport
+from .config import METRIC_LEVELS
 from .detector import AnomalyDetector
 from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, merged_order,
                           shard_dataset)
@@ -24,7 +25,6 @@ from .visualization import safe_name, write_visualizations
 
 logger = logging.getLogger(__name__)
 
-METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 
 
 class PredictionWriter:

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from .config import MAP_FORMATS
 from .inference import ImagePrediction
 from .visualization import prediction_panel, save_panel
 
 logger = logging.getLogger(__name__)
 
-MAP_FORMATS = ("npz", "png16")
 CSV_COLUMNS = ("path", "score", "label", "error")
 
 

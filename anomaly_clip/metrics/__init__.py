@@ -7,8 +7,7 @@ AnomalyCLIP's 200-threshold definition, the default, which reproduces the publis
 
 Names load on first use, so the published tables (:mod:`.published`) import without torch.
 """
-from importlib import import_module
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "METRIC_SETS": "evaluator", "AnomalyEvaluator": "evaluator", "DEFAULT_BLOCK_SIZE": "ordering",
@@ -19,10 +18,4 @@ _EXPORTS = {
     "is_applicable": "ranking", "LabelledMaps": "regions", "Regions": "regions", "label_regions": "regions",
     "ClassMetrics": "report", "MetricsReport": "report",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
