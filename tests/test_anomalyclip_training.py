@@ -1,6 +1,8 @@
 """AnomalyCLIP training: the frozen-feature cache changes speed, never results; resume; checkpoints."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -73,6 +75,9 @@ def test_training_writes_atomic_checkpoints_and_resumes(tiny_backbone, tmp_path)
     for key, value in straight.trainable_state_dict().items():
         torch.testing.assert_close(resumed.trainable_state_dict()[key], value)
 
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["epoch"]) for m in metrics] == [("train", 1), ("train", 2), ("train", 3)]
+    assert all(set(m) >= {"loss", "image_loss", "seg_loss"} for m in metrics)
     files = sorted(p.name for p in (tmp_path / "resumed").iterdir())
     assert {"epoch_1.pth", "epoch_2.pth", "epoch_3.pth", "last.pth", "official_epoch_3.pth"} <= set(files)
     assert not [name for name in files if name.endswith(".tmp")]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from datetime import timedelta
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, TypeVar
 

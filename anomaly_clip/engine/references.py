@@ -33,7 +33,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from ..data.dataset import AnomalyDataset
 from ..data.fewshot import folder_references, normal_references
