@@ -88,3 +88,17 @@ def test_python_m_help_is_quick():
                                text=True)
     assert completed.returncode == 0 and "synthesize" in completed.stdout
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize("method", ["anomalyclip", "aaclip"])
+def test_forward_traces_with_any_batch_size(tiny_backbone, method):
+    """Tensors and buffers only: a trace of the forward scores other batch sizes like the model."""
+    detector = anomaly_clip.create_detector(method, backbone=tiny_backbone).requires_grad_(False)
+    example = torch.randn(2, 3, 56, 56)
+    with pytest.warns(Warning):  # the tracer warns about Python ints taken from shapes
+        traced = torch.jit.trace(lambda images: tuple(detector(images)), (example,), check_trace=False)
+    images = torch.randn(3, 3, 56, 56)
+    scores, maps = traced(images)
+    expected = detector(images)
+    torch.testing.assert_close(scores, expected.scores)
+    torch.testing.assert_close(maps, expected.maps)

@@ -80,7 +80,7 @@ class CLIPBackbone(nn.Module):
         self.clip.eval()
         for parameter in self.clip.parameters():
             parameter.requires_grad_(False)
-        self._pos_embed_cache: Dict[tuple, torch.Tensor] = {}
+        self.register_buffer("resized_position_embedding", self._resized_position_embedding(), persistent=False)
 
     def train(self, mode: bool = True) -> "CLIPBackbone":
         """CLIP stays in eval mode: it is frozen and has no train-time behaviour we want."""
@@ -127,19 +127,30 @@ class CLIPBackbone(nn.Module):
             raise ValueError(f"image size {size} is not a multiple of the patch size {self.patch_size}")
         return size // self.patch_size, size // self.patch_size
 
+    def _resized_position_embedding(self, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The position embedding resized to ``grid`` (default: the configured image size's grid;
+        empty when that size is not a multiple of the patch size)."""
+        if grid is None:
+            if self.config.image_size % self.patch_size:
+                return torch.empty(0, device=self.device)
+            grid = self.grid_size()
+        with torch.no_grad():
+            return resize_position_embedding(self.visual.positional_embedding, grid,
+                                             self.config.pos_embed_interpolation)
+
     def position_embedding(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        """Position embedding resized to ``grid``; computed once per grid, device and dtype."""
-        source = self.visual.positional_embedding
-        key = (tuple(grid), source.device, dtype)
-        if key not in self._pos_embed_cache:
-            with torch.no_grad():
-                resized = resize_position_embedding(source, grid, self.config.pos_embed_interpolation)
-            self._pos_embed_cache[key] = resized.to(dtype)
-        return self._pos_embed_cache[key]
+        """Position embedding resized to ``grid``: the buffer :attr:`resized_position_embedding`
+        for the configured image size (computed where the weights are, again after every move or
+        cast), computed on the fly for another grid."""
+        grid = (int(grid[0]), int(grid[1]))
+        if self.resized_position_embedding.numel() and grid == self.grid_size():
+            return self.resized_position_embedding.to(dtype)
+        return self._resized_position_embedding(grid).to(dtype)
 
     def _apply(self, fn, *args, **kwargs):
-        self._pos_embed_cache = {}
-        return super()._apply(fn, *args, **kwargs)
+        result = super()._apply(fn, *args, **kwargs)
+        self.resized_position_embedding = self._resized_position_embedding()
+        return result
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
         """Patchify, prepend the class token, add position embeddings, ``ln_pre``: (B, 1+N, W)."""

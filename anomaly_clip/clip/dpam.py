@@ -13,6 +13,7 @@ patch tokens stay local and segment anomalies. Two structures are used by the tw
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -108,7 +109,7 @@ def encode_image(backbone: CLIPBackbone, images: torch.Tensor, features_list: Se
 
 def patch_grid(tokens: torch.Tensor) -> Tuple[int, int]:
     """Grid side of (B, 1+N, C) tokens with a class token first."""
-    side = int(round((tokens.shape[1] - 1) ** 0.5))
+    side = math.isqrt(int(tokens.shape[1]) - 1)
     if side * side != tokens.shape[1] - 1:
         raise ValueError(f"{tokens.shape[1] - 1} patch tokens do not form a square grid")
     return side, side

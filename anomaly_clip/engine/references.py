@@ -24,6 +24,7 @@ query-by-bank matrix; a bank too large for the GPU stays in host memory and stre
 """
 from __future__ import annotations
 
+import math
 import hashlib
 import logging
 import os
@@ -200,7 +201,7 @@ class MemoryBank:
                      size: int) -> torch.Tensor:
         """(B, size, size) reference maps: distances smoothed the way the detector smooths its maps."""
         distances = self.distances(patches, class_names)
-        side = int(round(distances.shape[-1] ** 0.5))
+        side = math.isqrt(int(distances.shape[-1]))
         if side * side != distances.shape[-1]:
             raise ValueError(f"{distances.shape[-1]} patches do not form a square grid")
         return detector.patch_maps(distances.view(*distances.shape[:2], side, side), size)

@@ -11,6 +11,7 @@ from the paper and which options give the paper's variant).
 """
 from __future__ import annotations
 
+import math
 import logging
 import re
 from abc import abstractmethod
@@ -56,7 +57,7 @@ def anchor_products(features: torch.Tensor, anchors: torch.Tensor, equation: str
 def similarity_logits(patch_features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """``100 * cos`` of (B, N, E) unit patch features with (B, E, 2) anchors, as (B, 2, h, w)."""
     batch, patches, _ = patch_features.shape
-    side = int(round(patches ** 0.5))
+    side = math.isqrt(int(patches))
     if side * side != patches:
         raise ValueError(f"{patches} patch features do not form a square grid")
     logits = SIMILARITY_SCALE * anchor_products(patch_features, anchors, "bne,bek->bkn")
@@ -235,6 +236,9 @@ class AdaptedImageDetector(AnomalyDetector):
             logger.info("Text anchors computed for %s", ", ".join(repr(k) for k in missing))
             self.anchor_rows.update({k: len(self.anchor_rows) + i for i, k in enumerate(missing)})
             self.anchor_bank = anchors if self.anchor_bank.numel() == 0 else torch.cat([self.anchor_bank, anchors])
+        if class_names is None:  # one generic pair broadcast (any batch size, also when traced)
+            row = self.anchor_rows[keys[0]]
+            return self.anchor_bank[row:row + 1].expand(batch_size, -1, -1)
         rows = torch.tensor([self.anchor_rows[k] for k in keys], device=self.anchor_bank.device)
         return self.anchor_bank[rows]
 

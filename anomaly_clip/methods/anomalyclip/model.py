@@ -66,6 +66,10 @@ class AnomalyCLIP(AnomalyDetector):
         return {"global": F.normalize(visual.global_embedding, dim=-1), "patches": F.normalize(patches, dim=-1)}
 
     def _text_rows(self, text: torch.Tensor, class_names: Optional[Sequence[str]], batch: int) -> torch.Tensor:
+        """(B, 2, E) text features of each image: the one object-agnostic pair broadcast (any batch
+        size, also when traced), or each class's pair."""
+        if class_names is None or text.shape[0] == 1:
+            return text[:1].expand(batch, -1, -1)
         return text[self.prompt_learner.class_index(class_names, batch, text.device)]
 
     def image_logits(self, global_features: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
