@@ -7,7 +7,7 @@ range by default, or by their own min/max. Masks become boolean arrays: any non-
 lossless file is foreground; JPEG masks are thresholded at half range so compression noise
 around the object does not count.
 
-Huge files are decoded in full (the official resizes the full image, so do we) up to PIL's
+Huge files are decoded in full (the reference resizes the full image, so do we) up to PIL's
 decompression-bomb guard, ``PIL.Image.MAX_IMAGE_PIXELS``: beyond twice that many pixels a file
 is refused with an error that says how to lift the guard for trusted data.
 """

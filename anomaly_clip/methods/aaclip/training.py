@@ -131,7 +131,7 @@ def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, 
     the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``;
     ``pseudo_anomalies`` paints defects on normal images of both.
 
-    Augmentation draws from torch's global generator as the official does, or, with
+    Augmentation draws from torch's global generator as the official code does, or, with
     ``seeded_augmentation`` (always under ``torchrun``), from a generator per (seed, epoch, image).
     """
     if get_world_size() > 1 and not seeded_augmentation:
