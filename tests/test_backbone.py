@@ -80,7 +80,11 @@ def test_position_embedding_resize_keeps_class_row_and_parameters(tiny_backbone)
     torch.testing.assert_close(resized[0], before[0])
     encode_image(tiny_backbone, torch.randn(1, 3, 518, 518)[:, :, :70, :70])
     torch.testing.assert_close(tiny_backbone.visual.positional_embedding, before)
-    assert tiny_backbone.position_embedding((37, 37), torch.float32) is resized
+    torch.testing.assert_close(tiny_backbone.position_embedding((37, 37), torch.float32), resized, rtol=0, atol=0)
+    # the configured size's embedding is a buffer, resized once (again after moves and casts)
+    native = tiny_backbone.position_embedding(tiny_backbone.grid_size(), torch.float32)
+    assert native is tiny_backbone.resized_position_embedding
+    assert "resized_position_embedding" not in tiny_backbone.state_dict()
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
