@@ -136,7 +136,7 @@ class CLIPBackbone(nn.Module):
             grid = self.grid_size()
         with torch.no_grad():
             return resize_position_embedding(self.visual.positional_embedding, grid,
-                                             self.config.pos_embed_interpolation)
+                                             self.config.pos_embed_interpolation).detach()
 
     def position_embedding(self, grid: Tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
         """Position embedding resized to ``grid``: the buffer :attr:`resized_position_embedding`
