@@ -42,6 +42,14 @@ def test_a_flag_of_another_method_is_one_clear_error(capsys, tmp_path):
         cli.run("train", ["--train_data_path", str(tmp_path), "--text_epoch", "3"])
     assert exit_info.value.code == 2
     assert "--text_epoch is a setting of aaclip, not of anomalyclip" in capsys.readouterr().err
+    shared = build_train_parser().parse(["--train_data_path", "d", "--dpam_layers", "18"])
+    from anomaly_clip.cli.common import check_method_flags
+
+    check_method_flags(shared, find_method("anomalyclip"), training=True)  # its config has dpam_layers
+    check_method_flags(shared, find_method("aaclip"), training=True)  # its training settings have it
+    with pytest.raises(UsageError, match="--sigma is a setting of anomalyclip, not of aaclip"):
+        check_method_flags(build_train_parser().parse(["--train_data_path", "d", "--sigma", "2"]),
+                           find_method("aaclip"), training=True)
     with pytest.raises(UsageError, match="unrecognized arguments: --no_such_flag"):
         build_train_parser().parse(["--train_data_path", "d", "--no_such_flag", "1"])
 

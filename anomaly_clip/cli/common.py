@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from jsonargparse import Namespace
 
 from ..clip.config import BackboneConfig
-from ..engine.registry import Method, registered_methods
+from ..engine.registry import Method, find_method, registered_methods
 from .options import CommandParser, Flag, UsageError, dataclass_flags
 from .settings import RunSettings
 
@@ -70,13 +70,20 @@ def add_method_flags(command: CommandParser, training: bool = False) -> None:
             command.add_flags(flags, _method_title(method))
 
 
+def _field_names(method: Method, training: bool) -> set:
+    classes = [method.config_class] + ([method.training_config_class] if training else [])
+    return {item.name for cls in classes if cls is not None for item in fields(cls)}
+
+
 def check_method_flags(namespace: Namespace, method: Method, training: bool = False) -> None:
-    """A method flag set (not at its default) that ``method`` does not have is an error."""
+    """A method flag set (not at its default) that ``method`` has in neither its config nor
+    (when ``training``) its training settings is an error naming the methods that have it."""
+    own = _field_names(method, training)
     for kind in ("config", "training") if training else ("config",):
         for dest, users in _owners(kind).items():
-            if method.name in users or dest not in namespace:
+            if dest in own or dest not in namespace:
                 continue
-            owner = registered_methods()[[m.name for m in registered_methods()].index(users[0])]
+            owner = find_method(users[0])
             cls = owner.config_class if kind == "config" else owner.training_config_class
             item = next(f for f in fields(cls) if f.name == dest)
             default = None if kind == "config" else item.default
