@@ -3,29 +3,28 @@
 Typical use::
 
     import anomaly_clip
+    anomaly_clip.list_methods()                          # ['anomalyclip', 'aaclip', ...]
     model = anomaly_clip.load("checkpoints/epoch_15.pth")
-    scores, maps = model.predict_paths(["part.png"])
+    prediction = anomaly_clip.Inferencer(model).predict_paths(["part.png"])
 
-Names are imported on first use, so ``python -m anomaly_clip.data...`` starts without building
-the model code.
+    detector = anomaly_clip.create_detector("aaclip")    # official settings, pretrained CLIP
+    anomaly_clip.fit(detector, "data/mvtec", anomaly_clip.TrainConfig(save_path="runs/aaclip"))
+
+Names are imported on first use, so ``import anomaly_clip`` (and the command line's ``--help``)
+starts without torch.
 """
-from importlib import import_module
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BackboneConfig": "clip.backbone", "CLIPBackbone": "clip.backbone", "WeightsNotFoundError": "clip.backbone",
-    "InvalidWeightsError": "clip.backbone",
-    "load_backbone": "clip.backbone", "DPAMConfig": "clip.dpam", "encode_image": "clip.dpam",
-    "AnomalyDetector": "engine.detector", "Prediction": "engine.detector", "save_checkpoint": "engine.checkpoint",
-    "evaluate": "engine.evaluation", "load": "methods", "get_method": "methods", "METHODS": "methods",
+    "list_methods": "api", "create_detector": "api", "load": "api", "fit": "api", "load_backbone": "api",
+    "BackboneConfig": "clip.config", "CLIPBackbone": "clip.backbone", "WeightsNotFoundError": "clip.weights",
+    "InvalidWeightsError": "clip.weights", "DPAMConfig": "clip.dpam", "encode_image": "clip.dpam",
+    "AnomalyDetector": "engine.detector", "Prediction": "engine.detector", "MethodConfig": "engine.config",
+    "TrainConfig": "engine.config", "TrainingData": "engine.training", "TrainResult": "engine.training",
+    "Calibration": "engine.calibration", "Inferencer": "engine.inference", "save_checkpoint": "engine.checkpoint",
+    "evaluate": "engine.evaluation", "get_method": "methods", "METHODS": "methods",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'anomaly_clip' has no attribute {name!r}")
-    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

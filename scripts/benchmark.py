@@ -85,14 +85,14 @@ def main() -> None:
 
     def naive_inference():
         for image in pool:
-            prediction = naive.predict(image[None])
+            prediction = naive(image[None])
             maps = prediction.maps.cpu().numpy()
             np.stack([scipy.ndimage.gaussian_filter(m, sigma=config.sigma) for m in maps])
 
     def ours_inference():
         with autocast(device, "auto"):
             for start in range(0, args.images, args.batch_size):
-                ours.predict(pool[start:start + args.batch_size])
+                ours(pool[start:start + args.batch_size])
 
     naive_infer = timed(naive_inference, device, 1)
     ours_infer = timed(ours_inference, device, 1)

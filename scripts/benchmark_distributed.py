@@ -43,7 +43,8 @@ def worker(args: argparse.Namespace) -> None:
     from anomaly_clip.engine.evaluation import evaluate
     from anomaly_clip.engine.training import seed_everything
     from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-    from anomaly_clip.methods.anomalyclip.training import train_anomalyclip
+    from anomaly_clip import TrainConfig, fit
+    from anomaly_clip.methods.anomalyclip import AnomalyCLIPTraining
 
     device = init_distributed(args.device)
     seed_everything(0)
@@ -67,9 +68,10 @@ def worker(args: argparse.Namespace) -> None:
         evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers, progress=False)
 
     def training():
-        train_anomalyclip(detector, dataset, Path(args.output).parent / "checkpoints", epochs=1,
-                          batch_size=args.batch_size, feature_cache="off", num_workers=args.num_workers,
-                          export_official=False)
+        fit(detector, dataset, TrainConfig(
+            save_path=str(Path(args.output).parent / "checkpoints"), num_workers=args.num_workers,
+            export_official=False, method=AnomalyCLIPTraining(epoch=1, batch_size=args.batch_size,
+                                                              feature_cache="off")))
 
     evaluation()
     evaluate_s = timed(evaluation)

@@ -31,7 +31,7 @@ def naive(model: AnomalyCLIP, paths) -> list:
     with torch.inference_mode():
         for path in paths:
             height, width = read_rgb(path).size[::-1]
-            prediction = model.predict(load_image(path, model.image_size)[None].to(model.device))
+            prediction = model(load_image(path, model.image_size)[None].to(model.device))
             F.interpolate(prediction.maps[:, None], size=(height, width), mode="bilinear").cpu()
             scores.append(float(prediction.scores[0]))
     return scores

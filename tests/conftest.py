@@ -26,3 +26,11 @@ def tiny_backbone():
 def tiny_backbone_112():
     torch.manual_seed(0)
     return load_backbone(tiny_config(image_size=112), device="cpu")
+
+
+def train_config(save_path, method=None, **run):
+    """A TrainConfig for in-process tests: no worker processes, ``method`` the method's settings."""
+    from anomaly_clip.engine.config import TrainConfig
+
+    run.setdefault("num_workers", 0)
+    return TrainConfig(save_path=str(save_path), method=method, **run)

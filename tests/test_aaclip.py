@@ -225,7 +225,7 @@ def test_adapter_hook_passes_later_blocks_unchanged():
 
 def test_image_adapter_projections_and_detection_feature():
     torch.manual_seed(0)
-    adapter = ImageAdapter(12, 6, levels=(1, 2), count=1, activation=True)
+    adapter = ImageAdapter(12, 6, features_list=(1, 2), count=1, activation=True)
     tokens = [torch.randn(2, 9, 12), torch.randn(2, 9, 12)]
     patches, detection = adapter(tokens)
     expected = F.normalize(F.leaky_relu(tokens[0] @ adapter.level_projections[0].linear.weight.T), dim=-1)
@@ -237,13 +237,13 @@ def test_image_adapter_projections_and_detection_feature():
 
 def test_config_rejects_bad_values(backbone):
     with pytest.raises(ValueError):
-        AAClipConfig(levels=(12, 6))
+        AAClipConfig(features_list=(12, 6))
     with pytest.raises(ValueError):
         AAClipConfig(text_adapt_weight=1.5)
     with pytest.raises(ValueError):
         AAClipConfig(domain="space")
     with pytest.raises(ValueError):
-        AAClipDetector(backbone, AAClipConfig(levels=(6, 30)))
+        AAClipDetector(backbone, AAClipConfig(features_list=(6, 30)))
 
 
 # ---- prompts ------------------------------------------------------------------------------------
@@ -302,13 +302,24 @@ def test_plain_clip_anchors_when_text_not_adapted(backbone):
     torch.testing.assert_close(anchors[0, :, 0], F.normalize(plain, dim=0), atol=2e-5, rtol=1e-4)
 
 
-def test_anchor_cache_follows_text_adapter(backbone):
+def test_anchor_bank_follows_text_adapter(backbone):
     detector = make_detector(backbone)
     before = detector.anchors_for(["screw"], 1).clone()
-    with torch.no_grad():
-        detector.text_adapter.projection.linear.weight.mul_(-1.0)
+    assert detector.anchor_bank.shape[0] == 1 and "anchor_bank" not in detector.state_dict()
+    state = {k: -v if k == "text_adapter.projection.linear.weight" else v
+             for k, v in detector.trainable_state_dict().items()}
+    detector.load_trainable_state_dict(state)  # loading empties the bank
+    assert detector.anchor_bank.numel() == 0
     after = detector.anchors_for(["screw"], 1)
     assert not torch.allclose(before, after)
+    with torch.no_grad():
+        detector.text_adapter.projection.linear.weight.mul_(-1.0)
+    detector.text_parts_changed()  # after editing text parameters by hand
+    torch.testing.assert_close(detector.anchors_for(["screw"], 1), before)
+    with torch.no_grad():
+        detector.text_adapter.projection.linear.weight.mul_(-1.0)
+    detector.text_parts_changed()
+    after = detector.anchors_for(["screw"], 1)
     with torch.no_grad():
         expected = detector.compute_anchors(["screw"])
     torch.testing.assert_close(after, expected)
@@ -331,7 +342,7 @@ def test_class_text_anchors_batches_all_sentences():
 def test_prediction_matches_reference(backbone, images, dataset, kernel, sigma):
     detector = make_detector(backbone, dataset=dataset, domain="industrial" if kernel == 7 else "medical")
     names = ["bottle", "screw", "bottle"] if dataset == "MVTec" else ["Brain"] * 3
-    prediction = detector.predict(images, names)
+    prediction = detector(images, names)
     with torch.no_grad():
         patches, detection = ref_image_features(detector, images)
         anchors = torch.stack([ref_anchor(detector, describe_class(n, dataset)) for n in names])
@@ -456,11 +467,11 @@ def test_official_checkpoint_round_trip(backbone, images, tmp_path):
     assert sorted(image["image_adapter"]) == sorted(
         [f"layer_adapters.{i}.fc.0.weight" for i in range(6)] + [f"seg_proj.{i}.fc.weight" for i in range(4)]
         + ["det_proj.fc.weight"])
-    expected = detector.predict(images, ["bottle"] * 3)
+    expected = detector(images, ["bottle"] * 3)
     for source in (tmp_path, tmp_path / "image_adapter_4.pth"):
         loaded = load(source, backbone=backbone, method_config={"dataset": "MVTec"})
         assert isinstance(loaded, AAClipDetector) and loaded.config.adapt_text
-        got = loaded.predict(images, ["bottle"] * 3)
+        got = loaded(images, ["bottle"] * 3)
         torch.testing.assert_close(got.scores, expected.scores)
         torch.testing.assert_close(got.maps, expected.maps)
 
@@ -475,7 +486,7 @@ def test_official_checkpoint_with_relu_and_without_text(backbone, images, tmp_pa
     assert loaded.config.relu and not loaded.config.adapt_text
     plain = make_detector(backbone, relu=True, adapt_text=False)
     plain.image_adapter.load_state_dict(detector.image_adapter.state_dict())
-    torch.testing.assert_close(loaded.predict(images).maps, plain.predict(images).maps)
+    torch.testing.assert_close(loaded(images).maps, plain(images).maps)
 
 
 def test_official_checkpoint_errors(backbone, tmp_path):
@@ -495,7 +506,7 @@ def test_own_checkpoint_round_trip(backbone, images, tmp_path):
     path = save_checkpoint(tmp_path / "model.pth", detector)
     loaded = load(path, backbone=backbone)
     assert loaded.config == detector.config
-    torch.testing.assert_close(loaded.predict(images, ["screw"] * 3).maps, detector.predict(images, ["screw"] * 3).maps)
+    torch.testing.assert_close(loaded(images, ["screw"] * 3).maps, detector(images, ["screw"] * 3).maps)
 
 
 # ---- AnomalyCLIP prompts + AA-CLIP image adapters -----------------------------------------------
@@ -510,7 +521,7 @@ def test_prompt_adapters_score_adapted_features_against_anomalyclip_prompts(back
         anchors = text.T.expand(3, -1, -1)
         patches, detection = ref_image_features(hybrid, images)
     torch.testing.assert_close(hybrid.anchors_for(["anything", "else", "at all"], 3), anchors)
-    prediction = hybrid.predict(images)
+    prediction = hybrid(images)
     scores = ((detection[:, None] @ anchors)[:, 0, 1] + 1) / 2
     torch.testing.assert_close(prediction.scores, scores, atol=1e-5, rtol=1e-5)
     maps = torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE)

@@ -83,7 +83,7 @@ def reference_prediction(backbone, text, images, layers, sigma=4.0):
 def test_image_score_and_anomaly_map_match_reference(detector, tiny_backbone):
     images = torch.randn(3, 3, 56, 56)
     with torch.no_grad():
-        scores, maps = detector.eval().predict(images)
+        scores, maps = detector.eval()(images)
         text = detector.prompt_learner(tiny_backbone)[0]
         ref_scores, ref_maps = reference_prediction(tiny_backbone, text, images, [6, 12, 18, 24])
     torch.testing.assert_close(scores, ref_scores, rtol=1e-4, atol=1e-5)
@@ -157,11 +157,11 @@ def test_object_aware_variant_uses_class_rows(tiny_backbone):
     text = detector.text_features()
     assert text.shape[0] == 2
     images = torch.randn(2, 3, 56, 56)
-    both = detector.predict(images, ["metal_nut", "bottle"])
-    single = AnomalyCLIP.predict(detector, images[:1], ["metal_nut"])
+    both = detector(images, ["metal_nut", "bottle"])
+    single = AnomalyCLIP.forward(detector, images[:1], ["metal_nut"])
     torch.testing.assert_close(both.scores[:1], single.scores)
     with pytest.raises(KeyError):
-        detector.predict(images, ["screw", "bottle"])
+        detector(images, ["screw", "bottle"])
 
 
 def test_official_checkpoint_imports_with_identical_outputs(detector, tmp_path, tiny_backbone):
@@ -175,8 +175,8 @@ def test_official_checkpoint_imports_with_identical_outputs(detector, tmp_path, 
     torch.save(official, path)
     imported = load(path, backbone=tiny_backbone, method_config={"features_list": (6, 12, 18, 24)})
     images = torch.randn(2, 3, 56, 56)
-    expected = detector.eval().predict(images)
-    got = imported.predict(images)
+    expected = detector.eval()(images)
+    got = imported(images)
     torch.testing.assert_close(got.scores, expected.scores)
     torch.testing.assert_close(got.maps, expected.maps)
 
@@ -198,15 +198,22 @@ def test_official_checkpoint_with_wrong_sizes_is_explained(tiny_backbone, tmp_pa
         load(path, backbone=tiny_backbone)
 
 
-def test_text_features_are_computed_once_per_parameter_state(detector):
+def test_frozen_text_features_are_a_buffer_refreshed_when_prompts_change(detector):
     detector.eval()
     with torch.no_grad():
         first = detector.text_features()
-        assert detector.text_features() is first
+        assert detector.text_features() is first and first is detector.frozen_text_features
         detector.prompt_learner.ctx_neg.add_(0.01)
+        detector.text_parts_changed()  # after editing prompts by hand
         updated = detector.text_features()
     assert updated is not first and not torch.equal(updated, first)
     torch.testing.assert_close(updated, detector.prompt_learner(detector.backbone))
+    detector.train()
+    with torch.no_grad():
+        detector.prompt_learner.ctx_neg.add_(0.01)
+    detector.eval()  # leaving training recomputes them
+    with torch.no_grad():
+        torch.testing.assert_close(detector.text_features(), detector.prompt_learner(detector.backbone))
 
 
 def test_tiny_config_fixture_matches_reference_settings():

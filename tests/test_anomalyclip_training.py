@@ -1,14 +1,19 @@
 """AnomalyCLIP training: the frozen-feature cache changes speed, never results; resume; checkpoints."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.utils.data import Dataset
 
-from anomaly_clip.methods.anomalyclip.training import train_anomalyclip
+from anomaly_clip import fit
+from anomaly_clip.methods.anomalyclip.config import AnomalyCLIPTraining
 from anomaly_clip.methods import load
 from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
+
+from conftest import train_config  # noqa: E402
 
 
 class TensorSamples(Dataset):
@@ -42,8 +47,8 @@ def test_cached_and_uncached_training_give_identical_parameters(tiny_backbone, t
     results = {}
     for cache in ("off", mode):
         detector = _fresh_detector(tiny_backbone)
-        history = train_anomalyclip(detector, data, tmp_path / cache, epochs=2, batch_size=4, seed=3,
-                                    feature_cache=cache, export_official=False).history
+        history = fit(detector, data, train_config(tmp_path / cache, AnomalyCLIPTraining(
+            epoch=2, batch_size=4, feature_cache=cache), seed=3, export_official=False)).stages[""].history
         results[cache] = (detector.trainable_state_dict(), history)
     # Equal up to float rounding: a matmul's rounding may depend on which images share its batch,
     # and cached epochs replay features computed in the first epoch's batches. Deep-token gradients
@@ -64,16 +69,20 @@ def test_cached_and_uncached_training_give_identical_parameters(tiny_backbone, t
 def test_training_writes_atomic_checkpoints_and_resumes(tiny_backbone, tmp_path):
     data = TensorSamples()
     straight = _fresh_detector(tiny_backbone)
-    train_anomalyclip(straight, data, tmp_path / "straight", epochs=3, batch_size=4, seed=3)
+    fit(straight, data, train_config(tmp_path / "straight", AnomalyCLIPTraining(epoch=3, batch_size=4), seed=3))
 
     interrupted = _fresh_detector(tiny_backbone)
-    train_anomalyclip(interrupted, data, tmp_path / "resumed", epochs=2, batch_size=4, seed=3)
+    fit(interrupted, data, train_config(tmp_path / "resumed", AnomalyCLIPTraining(epoch=2, batch_size=4), seed=3))
     resumed = _fresh_detector(tiny_backbone)
-    result = train_anomalyclip(resumed, data, tmp_path / "resumed", epochs=3, batch_size=4, seed=3, resume=True)
-    assert [h["epoch"] for h in result.history] == [3]
+    result = fit(resumed, data, train_config(tmp_path / "resumed", AnomalyCLIPTraining(epoch=3, batch_size=4), seed=3,
+                                             resume=True))
+    assert [h["epoch"] for h in result.stages[""].history] == [3]
     for key, value in straight.trainable_state_dict().items():
         torch.testing.assert_close(resumed.trainable_state_dict()[key], value)
 
+    metrics = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["stage"], m["epoch"]) for m in metrics] == [("train", 1), ("train", 2), ("train", 3)]
+    assert all(set(m) >= {"loss", "image_loss", "seg_loss"} for m in metrics)
     files = sorted(p.name for p in (tmp_path / "resumed").iterdir())
     assert {"epoch_1.pth", "epoch_2.pth", "epoch_3.pth", "last.pth", "official_epoch_3.pth"} <= set(files)
     assert not [name for name in files if name.endswith(".tmp")]
@@ -87,6 +96,6 @@ def test_training_writes_atomic_checkpoints_and_resumes(tiny_backbone, tmp_path)
 
 def test_training_reduces_loss_on_a_learnable_signal(tiny_backbone, tmp_path):
     detector = _fresh_detector(tiny_backbone)
-    history = train_anomalyclip(detector, TensorSamples(8), tmp_path, epochs=4, batch_size=8, seed=1,
-                                learning_rate=1e-2, export_official=False).history
+    history = fit(detector, TensorSamples(8), train_config(tmp_path, AnomalyCLIPTraining(
+        epoch=4, batch_size=8, learning_rate=1e-2), seed=1, export_official=False)).stages[""].history
     assert history[-1]["loss"] < history[0]["loss"]

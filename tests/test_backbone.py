@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anomaly_clip.clip.backbone import (CLI_OPTIONS, BackboneConfig, WeightsNotFoundError, build_clip_model,
+from anomaly_clip.cli.errors import CLI_OPTIONS
+from anomaly_clip.clip.backbone import (BackboneConfig, WeightsNotFoundError, build_clip_model,
                                         load_backbone, resize_position_embedding)
 from anomaly_clip.clip.dpam import DPAMConfig, block_attention, encode_image
 
@@ -79,7 +80,11 @@ def test_position_embedding_resize_keeps_class_row_and_parameters(tiny_backbone)
     torch.testing.assert_close(resized[0], before[0])
     encode_image(tiny_backbone, torch.randn(1, 3, 518, 518)[:, :, :70, :70])
     torch.testing.assert_close(tiny_backbone.visual.positional_embedding, before)
-    assert tiny_backbone.position_embedding((37, 37), torch.float32) is resized
+    torch.testing.assert_close(tiny_backbone.position_embedding((37, 37), torch.float32), resized, rtol=0, atol=0)
+    # the configured size's embedding is a buffer, resized once (again after moves and casts)
+    native = tiny_backbone.position_embedding(tiny_backbone.grid_size(), torch.float32)
+    assert native is tiny_backbone.resized_position_embedding
+    assert "resized_position_embedding" not in tiny_backbone.state_dict()
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic", "bicubic_antialias"])
@@ -114,7 +119,7 @@ def _reference_dual_path(backbone, images, layers, kind):
 def test_dual_path_matches_reference(tiny_backbone, kind):
     images = torch.randn(2, 3, 56, 56)
     layers = [3, 6, 12, 18, 24]
-    features = encode_image(tiny_backbone, images, layers, DPAMConfig(layers=20, attention=kind))
+    features = encode_image(tiny_backbone, images, layers, DPAMConfig(dpam_layers=20, attention=kind))
     final, tokens = _reference_dual_path(tiny_backbone, images, layers, kind)
     for layer in layers:
         torch.testing.assert_close(features.layer_tokens[layer], tokens[layer], rtol=1e-4, atol=1e-5)
@@ -148,10 +153,10 @@ def test_single_path_keeps_mlp(tiny_backbone):
 
 
 def test_dpam_layer_count_and_validation(tiny_backbone):
-    assert DPAMConfig(layers=20).first_block(24) == 5
-    assert DPAMConfig(layers=1).first_block(24) == 24
+    assert DPAMConfig(dpam_layers=20).first_block(24) == 5
+    assert DPAMConfig(dpam_layers=1).first_block(24) == 24
     with pytest.raises(ValueError):
-        DPAMConfig(layers=30).first_block(24)
+        DPAMConfig(dpam_layers=30).first_block(24)
     with pytest.raises(ValueError):
         DPAMConfig(attention="xx")
     with pytest.raises(ValueError):

@@ -72,7 +72,7 @@ def test_saved_predictions_equal_python_api(trained, synthetic_root, tmp_path):
                "--metrics", "image-level"])
     data = np.load(tmp_path / "p" / "washer.npz")
     model = anomaly_clip.load(last, device="cpu")
-    scores, maps = model.predict_paths(list(data["paths"]))
+    scores, maps = anomaly_clip.Inferencer(model).predict_paths(list(data["paths"]))
     np.testing.assert_allclose(scores.numpy(), data["scores"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(maps.numpy(), data["maps"], rtol=1e-4, atol=1e-5)
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from anomaly_clip import cli
-from anomaly_clip.cli.config import ConfigError, expand_variables, section_values
+from anomaly_clip.cli.options import ConfigError, expand_variables, section_values
 from anomaly_clip.cli.protocol import load_protocol
 from anomaly_clip.cli.train import build_train_parser
 from anomaly_clip.data.registry import get_dataset_info
@@ -45,10 +45,8 @@ def test_every_protocol_file_parses_against_its_parser(monkeypatch):
     for file in protocol_files:
         content = yaml.safe_load(file.read_text())
         if "train" in content:
-            parser = build_train_parser(content["method"])
-            from anomaly_clip.cli.config import apply_config
-            values = apply_config(parser, str(file), "train")
-            assert values["train_data_path"].startswith("/data/")
+            values = build_train_parser().parse(["--config", str(file)])
+            assert values.method == content["method"] and values.train_data_path.startswith("/data/")
 
 
 def test_released_anomalyclip_setting_is_in_the_config(monkeypatch):
@@ -106,7 +104,7 @@ def test_config_errors_name_the_problem(synthetic_root, tmp_path, monkeypatch):
 
 
 def test_train_help_shows_config():
-    assert "--config FILE" in build_train_parser("anomalyclip").format_help()
+    assert "--config FILE" in build_train_parser().format_help()
 
 
 def test_published_tables_use_known_datasets_and_metrics():
@@ -155,7 +153,7 @@ def test_summarize_labels_rows_by_run_and_formats_numbers(tmp_path, capsys):
 
 def test_summarize_missing_folder_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.summarize_main([str(tmp_path / "nothing")])
+        cli.run("summarize", [str(tmp_path / "nothing")])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
 
 

@@ -16,7 +16,10 @@ from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.evaluation import evaluate
 from anomaly_clip.engine.precision import autocast
 from anomaly_clip.methods.aaclip import AAClipConfig, AAClipDetector
-from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, train_anomalyclip
+from anomaly_clip import fit
+from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, AnomalyCLIPTraining
+
+from conftest import train_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -24,7 +27,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def detectors(backbone):
     torch.manual_seed(1)
     anomalyclip = AnomalyCLIP(backbone, AnomalyCLIPConfig(features_list=(12, 24)))
-    aaclip = AAClipDetector(copy.deepcopy(backbone), AAClipConfig(levels=(6, 12, 18, 24), dataset="mvtec"))
+    aaclip = AAClipDetector(copy.deepcopy(backbone), AAClipConfig(features_list=(6, 12, 18, 24), dataset="mvtec"))
     return {"anomalyclip": anomalyclip, "aaclip": aaclip}
 
 
@@ -37,9 +40,9 @@ def images():
 @pytest.mark.parametrize("name", ["anomalyclip", "aaclip"])
 def test_cuda_float32_equals_cpu(tiny_backbone_112, images, name):
     detector = detectors(copy.deepcopy(tiny_backbone_112))[name].eval()
-    on_cpu = detector.predict(images, ["bottle"] * 4)
+    on_cpu = detector(images, ["bottle"] * 4)
     detector = detector.cuda()
-    on_gpu = detector.predict(images.cuda(), ["bottle"] * 4)
+    on_gpu = detector(images.cuda(), ["bottle"] * 4)
     torch.testing.assert_close(on_gpu.scores.cpu(), on_cpu.scores, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(on_gpu.maps.cpu(), on_cpu.maps, rtol=1e-3, atol=1e-3)
 
@@ -49,9 +52,9 @@ def test_cuda_float32_equals_cpu(tiny_backbone_112, images, name):
 def test_mixed_precision_stays_close_and_float32(tiny_backbone_112, images, name, precision):
     detector = detectors(copy.deepcopy(tiny_backbone_112))[name].eval().cuda()
     batch = images.cuda()
-    reference = detector.predict(batch, ["bottle"] * 4)
+    reference = detector(batch, ["bottle"] * 4)
     with autocast(detector.device, precision):
-        mixed = detector.predict(batch, ["bottle"] * 4)
+        mixed = detector(batch, ["bottle"] * 4)
     assert mixed.scores.dtype == torch.float32 and mixed.maps.dtype == torch.float32
     assert torch.isfinite(mixed.maps).all() and torch.isfinite(mixed.scores).all()
     torch.testing.assert_close(mixed.scores, reference.scores, rtol=0.05, atol=0.02)
@@ -65,9 +68,9 @@ def test_training_and_evaluation_on_cuda_with_autocast(tiny_backbone_112, tmp_pa
     samples = load_samples(root, split="test")
     dataset = AnomalyDataset(samples, root, image_size=112)
     detector = AnomalyCLIP(copy.deepcopy(tiny_backbone_112).cuda(), AnomalyCLIPConfig(features_list=(12, 24)))
-    result = train_anomalyclip(detector, dataset, tmp_path / "ckpt", epochs=2, batch_size=4, precision="auto",
-                               export_official=False)
-    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+    history = fit(detector, dataset, train_config(tmp_path / "ckpt", AnomalyCLIPTraining(epoch=2, batch_size=4),
+                                                  precision="auto", export_official=False)).stages[""].history
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     report_mixed = evaluate(detector, dataset, batch_size=4, num_workers=0, precision="auto", progress=False)
     report_fp32 = evaluate(detector, dataset, batch_size=4, num_workers=0, precision="fp32", progress=False)
     detector_cpu = copy.deepcopy(detector).cpu()

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from anomaly_clip.cli.data import convert_main
 from anomaly_clip.data.formats import (
     MetadataError,
-    convert_main,
     jsonl_to_meta_json,
     load_samples,
     meta_json_to_jsonl,

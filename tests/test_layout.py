@@ -1,4 +1,5 @@
-"""The package's layering: imports run one way (clip -> engine -> methods -> cli), no cycles.
+"""The package's layering: imports run one way (clip -> engine -> methods -> cli), no cycles,
+and arguments are parsed only in the application (``anomaly_clip/cli``).
 
 Every import statement counts, including those inside functions and ``TYPE_CHECKING`` blocks,
 so a cycle cannot hide behind a deferred import.
@@ -109,7 +110,33 @@ def test_imports_run_one_way(name):
     assert upward == [], f"{name} (layer {own}) imports higher layers: {upward}"
 
 
-def test_detectors_do_not_own_argparse():
-    offenders = [str(path) for path in PACKAGE.rglob("model.py") if "argparse" in path.read_text()]
-    offenders += [str(path) for path in (PACKAGE / "engine").glob("detector.py") if "argparse" in path.read_text()]
-    assert offenders == []
+PARSERS = ("argparse", "jsonargparse")
+
+
+def parser_imports(package: Path) -> list:
+    """Files of ``package`` outside its ``cli/`` folder that import an argument parser anywhere."""
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        if path.relative_to(package).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(name.split(".")[0] in PARSERS for name in names):
+                offenders.append(str(path.relative_to(package)))
+                break
+    return offenders
+
+
+def test_arguments_are_parsed_only_in_cli():
+    assert parser_imports(PACKAGE) == []
+
+
+def test_a_planted_parser_import_outside_cli_is_found(tmp_path):
+    package = tmp_path / "anomaly_clip"
+    (package / "cli").mkdir(parents=True)
+    (package / "engine").mkdir()
+    (package / "cli" / "main.py").write_text("import argparse\n")
+    (package / "engine" / "flags.py").write_text("def f():\n    from jsonargparse import ArgumentParser\n")
+    (package / "engine" / "clean.py").write_text("import os\n")
+    assert parser_imports(package) == ["engine/flags.py"]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import anomaly_clip
+from anomaly_clip import Inferencer
 from anomaly_clip import cli
 from anomaly_clip.cli.main import main
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
@@ -106,17 +107,17 @@ def test_labels_follow_a_known_threshold(model, mixed_folder, bar_run):
     rows = [r for r in read_rows(bar_run / "predictions.csv") if not r["error"]]
     scores = sorted(float(r["score"]) for r in rows)
     threshold = (scores[1] + scores[2]) / 2
-    prediction = model.predict_paths([r["path"] for r in rows])
+    prediction = Inferencer(model).predict_paths([r["path"] for r in rows])
     np.testing.assert_allclose(prediction.scores.numpy(), [float(r["score"]) for r in rows], rtol=1e-6)
-    labels = model.decide(prediction, image_threshold=threshold).labels
+    labels = Inferencer(model).decide(prediction, image_threshold=threshold).labels
     assert labels.tolist() == [float(r["score"]) >= threshold for r in rows] and int(labels.sum()) == len(rows) - 2
 
 
 def test_scores_do_not_depend_on_the_other_images(model, mixed_folder):
     paths = [p for p in expand_inputs([mixed_folder]) if p.name != "broken.png"]
-    together = model.predict_paths(paths, batch_size=4, original_size=True)
+    together = Inferencer(model, batch_size=4).predict_paths(paths, original_size=True)
     for index in (0, 3):
-        alone = model.predict_paths([paths[index]], original_size=True)
+        alone = Inferencer(model).predict_paths([paths[index]], original_size=True)
         assert alone.scores[0].item() == pytest.approx(together.scores[index].item(), abs=1e-5)
         torch.testing.assert_close(alone.maps[0], together.maps[index], atol=1e-5, rtol=1e-4)
         assert tuple(together.maps[index].shape) == np.asarray(Image.open(paths[index])).shape[:2]
@@ -130,12 +131,12 @@ def test_calibration_round_trip_through_load(checkpoint, synthetic, tmp_path):
     assert Calibration.read(tmp_path / "c.json") == calibration
     model = anomaly_clip.load(checkpoint, device="cpu", calibration=tmp_path / "c.json")
     assert model.calibration == calibration
-    prediction = model.predict_paths([str(p) for p in expand_inputs([f"{synthetic}/fabric/test/**/*.png"])],
+    prediction = Inferencer(model).predict_paths([str(p) for p in expand_inputs([f"{synthetic}/fabric/test/**/*.png"])],
                                      original_size=True)
-    decision = model.decide(prediction)
+    decision = Inferencer(model).decide(prediction)
     assert decision.labels.tolist() == (prediction.scores >= calibration.image_threshold).tolist()
     assert [m.shape for m in decision.masks] == [m.shape for m in prediction.maps]
-    assert model.decide(prediction, image_threshold=math.inf).labels.sum() == 0
+    assert Inferencer(model).decide(prediction, image_threshold=math.inf).labels.sum() == 0
     copy = save_checkpoint(tmp_path / "copy.pth", model)
     assert sidecar_path(copy).is_file() and anomaly_clip.load(copy, device="cpu").calibration == calibration
 
@@ -162,7 +163,7 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         model = anomaly_clip.load(checkpoint, device="cpu")
         assert model.calibration == calibration
         normal_paths = expand_inputs([normal])
-        prediction = model.predict_paths(normal_paths)
+        prediction = Inferencer(model).predict_paths(normal_paths)
         assert calibration.image_threshold == pytest.approx(prediction.scores.max().item(), abs=1e-6)
         assert calibration.pixel_threshold == pytest.approx(prediction.maps.max().item(), abs=1e-6)
         rows = cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", normal, "--save_path",
@@ -177,9 +178,10 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         sidecar_path(checkpoint).unlink()
 
 
-def test_calibration_needs_labels_for_f1_max(checkpoint, synthetic):
-    with pytest.raises(SystemExit):
-        cli.calibrate_main(["--checkpoint_path", str(checkpoint), "--input", synthetic, *TINY[-4:]])
+def test_calibration_needs_labels_for_f1_max(checkpoint, synthetic, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run("calibrate", ["--checkpoint_path", str(checkpoint), "--input", synthetic, *TINY[-4:]])
+    assert exit_info.value.code == 2 and "give --normal_quantile" in capsys.readouterr().err
 
 
 def test_quantile_value_and_png16_maps(tmp_path):
@@ -215,7 +217,7 @@ def test_aaclip_through_calibrate_and_predict(synthetic, mixed_folder, tmp_path)
     scored = [r for r in rows if not r.error]
     assert len(scored) == len(SIZES) and all(r.label in (0, 1) for r in scored)
     model = anomaly_clip.load(last, device="cpu")
-    alone = model.predict_paths([scored[2].path], class_names=["fabric"])
+    alone = Inferencer(model).predict_paths([scored[2].path], class_names=["fabric"])
     assert alone.scores[0].item() == pytest.approx(scored[2].score, abs=1e-5)
     assert read_map_png16(tmp_path / "out" / "maps" / "gray.png.png").shape == SIZES["gray.png"]
 

@@ -24,11 +24,14 @@ from anomaly_clip.data.synthetic import MIN_CHANGE, generate_synthetic_dataset, 
 from anomaly_clip.engine.feature_cache import EpochLoader, choose_cache_mode
 from anomaly_clip.methods.anomalyclip.config import AnomalyCLIPConfig
 from anomaly_clip.methods.anomalyclip.model import AnomalyCLIP
-from anomaly_clip.methods.anomalyclip.training import train_anomalyclip
+from anomaly_clip import fit
+from anomaly_clip.methods.anomalyclip.config import AnomalyCLIPTraining
 from generate_dataset_json.cli import generate
 
 TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu",
         "--num_workers", "0"]
+
+from conftest import train_config
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +146,7 @@ def test_feature_cache_is_refused_for_data_that_changes_every_epoch(normal_folde
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(n_ctx=4, depth=3, t_n_ctx=2, features_list=(24,)))
     dataset = pseudo_dataset(normal_folder, image_size=56)
     with pytest.raises(ValueError, match="change every epoch"):
-        train_anomalyclip(detector, dataset, tmp_path, epochs=1, feature_cache="device")
+        fit(detector, dataset, train_config(tmp_path, AnomalyCLIPTraining(epoch=1, feature_cache="device")))
     seen = []
     original = PseudoAnomalyDataset.__getitem__
 
@@ -152,8 +155,8 @@ def test_feature_cache_is_refused_for_data_that_changes_every_epoch(normal_folde
         return original(self, index)
 
     monkeypatch.setattr(PseudoAnomalyDataset, "__getitem__", counting)
-    train_anomalyclip(detector, dataset, tmp_path, epochs=2, batch_size=3, feature_cache="auto",
-                      export_official=False)
+    fit(detector, dataset, train_config(tmp_path, AnomalyCLIPTraining(epoch=2, batch_size=3, feature_cache="auto"),
+                                        export_official=False))
     assert sorted(seen) == [(epoch, i) for epoch in range(2) for i in range(len(dataset))]
 
 
@@ -161,7 +164,7 @@ def test_normal_only_data_without_pseudo_anomalies_is_refused(normal_folder, tin
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(n_ctx=4, depth=3, t_n_ctx=2, features_list=(24,)))
     plain = AnomalyDataset(load_samples(normal_folder, split="train"), normal_folder, image_size=56)
     with pytest.raises(ValueError, match="--synthesize_anomalies"):
-        train_anomalyclip(detector, plain, tmp_path, epochs=1)
+        fit(detector, plain, train_config(tmp_path, AnomalyCLIPTraining(epoch=1)))
     assert apply_pseudo_anomalies(plain, None) is plain and PseudoAnomalies(0.0).apply(plain) is plain
 
 

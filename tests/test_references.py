@@ -51,13 +51,13 @@ def anomalyclip(tiny_backbone) -> AnomalyCLIP:
 @pytest.fixture(scope="module")
 def aaclip(tiny_backbone) -> AAClipDetector:
     torch.manual_seed(4)
-    return AAClipDetector(tiny_backbone, AAClipConfig(levels=(12, 24), dataset="synthetic")).eval()
+    return AAClipDetector(tiny_backbone, AAClipConfig(features_list=(12, 24), dataset="synthetic")).eval()
 
 
 @pytest.fixture(scope="module")
 def hybrid(tiny_backbone) -> PromptAdapterDetector:
     torch.manual_seed(5)
-    config = PromptAdapterConfig(levels=(12, 24), n_ctx=4, depth=3, t_n_ctx=2)
+    config = PromptAdapterConfig(features_list=(12, 24), n_ctx=4, depth=3, t_n_ctx=2)
     return PromptAdapterDetector(tiny_backbone, config).eval()
 
 
@@ -95,7 +95,7 @@ def test_reference_image_scores_zero_at_every_patch(anomalyclip, aaclip, hybrid,
     names = [s.class_name for s in chosen]
     for detector in (anomalyclip, aaclip, hybrid):
         bank = MemoryBank.build(detector, chosen, synthetic_root, batch_size=3)
-        prediction, patches = detector.predict_with_patch_features(images, names)
+        prediction, patches = detector.forward_with_patch_features(images, names)
         distances = bank.distances(patches, names)
         assert distances.shape == (4, 2, 16)
         assert distances.abs().max() < 1e-5
@@ -126,7 +126,7 @@ def test_two_shot_bank_changes_maps_as_documented(anomalyclip, aaclip, synthetic
     for detector in (anomalyclip, aaclip):
         bank = MemoryBank.build(detector, chosen, synthetic_root, batch_size=2)
         fused = predict_with_references(detector, images, names, bank, weight)
-        text = detector.predict(images, names)
+        text = detector(images, names)
         patches = detector.patch_features(images)
         expected_maps = []
         for b, name in enumerate(names):
@@ -158,7 +158,7 @@ def test_two_shot_bank_changes_maps_as_documented(anomalyclip, aaclip, synthetic
 def test_evaluation_uses_one_backbone_pass_and_never_rebuilds_the_bank(anomalyclip, synthetic_root, monkeypatch):
     bank = MemoryBank.build(anomalyclip, references(synthetic_root), synthetic_root)
     frozen = {name: {layer: t.clone() for layer, t in layers.items()} for name, layers in bank.features.items()}
-    calls = {"patch_features": 0, "predict_with_patch_features": 0, "predict": 0}
+    calls = {"patch_features": 0, "forward_with_patch_features": 0, "forward": 0}
     for name in calls:
         original = getattr(anomalyclip, name)
 
@@ -169,7 +169,7 @@ def test_evaluation_uses_one_backbone_pass_and_never_rebuilds_the_bank(anomalycl
         monkeypatch.setattr(anomalyclip, name, spy)
     test = AnomalyDataset(load_samples(synthetic_root, split="test"), synthetic_root, image_size=56)
     report = evaluate(anomalyclip, test, batch_size=4, num_workers=0, progress=False, references=bank)
-    assert calls == {"patch_features": 0, "predict_with_patch_features": 2, "predict": 0}
+    assert calls == {"patch_features": 0, "forward_with_patch_features": 2, "forward": 0}
     assert [row.name for row in report.rows] == ["fabric", "washer"]
     for name, layers in frozen.items():
         for layer, value in layers.items():

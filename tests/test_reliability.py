@@ -28,9 +28,10 @@ from PIL import Image
 import anomaly_clip
 from anomaly_clip.cli import demo
 from anomaly_clip.cli.main import COMMANDS, main, run
-from anomaly_clip.clip import backbone as backbone_module
-from anomaly_clip.clip.backbone import (CLI_OPTIONS, BackboneConfig, InvalidWeightsError, WeightsNotFoundError,
-                                        can_reach, load_backbone, resolve_pretrained_file)
+from anomaly_clip.clip import weights as weights_module
+from anomaly_clip.cli.errors import CLI_OPTIONS
+from anomaly_clip.clip.backbone import BackboneConfig, load_backbone
+from anomaly_clip.clip.weights import InvalidWeightsError, WeightsNotFoundError, can_reach, resolve_pretrained_file
 from anomaly_clip.data.dataset import AnomalyDataset, MissingMaskError
 from anomaly_clip.data.imaging import UnreadableImageError
 from anomaly_clip.data.records import Sample
@@ -73,7 +74,7 @@ def trained_checkpoint(synthetic_root, tmp_path_factory):
 def no_network(monkeypatch):
     """The connection check fails and any download attempt fails the test."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(backbone_module, "can_reach", lambda url, timeout=None: False)
+    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: False)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a download was attempted")
@@ -126,7 +127,7 @@ def test_uncached_weights_without_network_fail_at_once(no_network, tmp_path):
 def test_downloads_only_when_asked_or_reachable(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     probes, downloads = [], []
-    monkeypatch.setattr(backbone_module, "can_reach", lambda url, timeout=None: probes.append(url) or reachable)
+    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: probes.append(url) or reachable)
     monkeypatch.setattr(open_clip, "download_pretrained", lambda cfg, cache_dir=None: downloads.append(1) or "file")
     reachable = True
     assert resolve_pretrained_file("ViT-L-14-336", "openai", str(tmp_path)) == "file"
@@ -338,13 +339,13 @@ def test_non_finite_predictions_are_an_error_naming_the_class(bad, where):
 def test_predict_rejects_wrong_input_with_the_expected_shape(tiny_backbone, shape, dtype):
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24))).eval()
     with pytest.raises(ValueError, match=rf"\(B, 3, {SIZE}, {SIZE}\)"):
-        detector.predict(torch.zeros(shape, dtype=dtype))
+        detector(torch.zeros(shape, dtype=dtype))
 
 
 def test_predict_rejects_class_names_of_another_count(tiny_backbone):
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24))).eval()
     with pytest.raises(ValueError, match="3 class names for 2 images"):
-        detector.predict(torch.zeros(2, 3, SIZE, SIZE), ["a", "b", "c"])
+        detector(torch.zeros(2, 3, SIZE, SIZE), ["a", "b", "c"])
 
 
 # ---- interrupted and failing runs --------------------------------------------------------------
@@ -354,13 +355,13 @@ KILL_AFTER_FIRST_CHECKPOINT = textwrap.dedent("""
     from anomaly_clip.engine import training
     from anomaly_clip.cli.main import run
 
-    write_checkpoint = training._save_epoch
+    write_checkpoint = training.save_epoch
 
     def write_then_die(*args, **kwargs):
         write_checkpoint(*args, **kwargs)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    training._save_epoch = write_then_die
+    training.save_epoch = write_then_die
     run("train", sys.argv[1:])
 """)
 
@@ -493,7 +494,7 @@ def test_pretrained_results_carry_no_warning(tmp_path):
 
 
 def test_demo_without_weights_says_why_in_its_own_flags(caplog, monkeypatch):
-    monkeypatch.setattr(backbone_module, "_cached_pretrained_file", lambda config, cache_dir: None)
+    monkeypatch.setattr(weights_module, "_cached_pretrained_file", lambda config, cache_dir: None)
     args = Namespace(weights=None, download=False, image_size=None, device="cpu")
     backbone, pretrained = demo._demo_backbone(args)
     assert not pretrained and backbone.config.random_init

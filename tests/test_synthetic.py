@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anomaly_clip.cli.data import synthesize_main as main
 from anomaly_clip.data.dataset import AnomalyDataset
 from anomaly_clip.data.formats import load_samples, read_meta_json
 from anomaly_clip.data.registry import scan_dataset
@@ -17,7 +18,6 @@ from anomaly_clip.data.synthetic import (
     SYNTHETIC_CLASSES,
     generate_synthetic_dataset,
     image_rng,
-    main,
     make_sample,
 )
 

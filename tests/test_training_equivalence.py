@@ -31,9 +31,13 @@ from torch.utils.data import Dataset
 from anomaly_clip.clip.backbone import load_backbone, resize_position_embedding
 from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip.methods.aaclip import AAClipConfig, AAClipDetector
-from anomaly_clip.methods.aaclip.training import AAClipTrainSettings, train_image_stage, train_text_stage
+from anomaly_clip.methods.aaclip.config import AAClipTraining
+from anomaly_clip.methods.aaclip.training import train_image_stage, train_text_stage
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
-from anomaly_clip.methods.anomalyclip.training import train_anomalyclip
+from anomaly_clip.methods.anomalyclip.config import AnomalyCLIPTraining
+from anomaly_clip.methods.anomalyclip.training import train as train_anomalyclip
+
+from conftest import train_config
 
 NOISE_FACTOR = 8.0
 ULPS = 8
@@ -252,8 +256,9 @@ def test_anomalyclip_training_steps_equal_the_official_steps(tiny_backbone, tmp_
     detector = AnomalyCLIP(tiny_backbone, config)
     names = [n for n, p in detector.named_parameters() if p.requires_grad and "projections" not in n]
     start = {name: value.detach().clone() for name, value in detector.trainable_state_dict().items() if name in names}
-    history = train_anomalyclip(detector, data, tmp_path, epochs=STEPS, batch_size=len(data), seed=3,
-                                feature_cache="off", precision="fp32", export_official=False).history
+    settings = AnomalyCLIPTraining(epoch=STEPS, batch_size=len(data), feature_cache="off")
+    run = train_config(tmp_path, settings, seed=3, precision="fp32", export_official=False)
+    history = train_anomalyclip(detector, data, run).stages[""].history
     ours = library_record(history, tmp_path, "", names, {})
     references = [run_reference(start, lambda state, order=order: official_glocal_loss(
         tiny_backbone, state, data.batch(order), layers, config), lr=1e-3)
@@ -401,11 +406,15 @@ def official_image_stage_loss(backbone, state: State, batch, text_state: State):
     return {"classification": classification, "segmentation": segmentation, "loss": classification + segmentation}
 
 
-def _stage_settings(**changes) -> AAClipTrainSettings:
+def _stage_settings(**changes) -> AAClipTraining:
     values = dict(text_epoch=STEPS, image_epoch=STEPS, text_batch_size=4, image_batch_size=4, text_lr=1e-3,
-                  image_lr=1e-3, seed=3)
+                  image_lr=1e-3)
     values.update(changes)
-    return AAClipTrainSettings(**values)
+    return AAClipTraining(**values)
+
+
+def _run(path):
+    return train_config(path, seed=3, precision="fp32", export_official=False)
 
 
 def test_aaclip_text_stage_steps_equal_the_official_steps(aaclip_backbone, tmp_path):
@@ -414,10 +423,10 @@ def test_aaclip_text_stage_steps_equal_the_official_steps(aaclip_backbone, tmp_p
     names = [n for n, _ in detector.text_adapter.named_parameters(prefix="text_adapter")]
     start = {name: value.detach().clone() for name, value in detector.trainable_state_dict().items() if name in names}
     settings = _stage_settings()
-    history = train_text_stage(detector, data, tmp_path, settings, precision="fp32", export_official=False).history
+    history = train_text_stage(detector, data, _run(tmp_path), settings).history
     ours = library_record(history, tmp_path, "text", names, {})
     references = [run_reference(start, lambda state, order=order: official_text_stage_loss(
-        aaclip_backbone, state, data.batch(order), settings.text_norm_weight), lr=settings.text_lr)
+        aaclip_backbone, state, data.batch(order), settings.disentangle_weight), lr=settings.text_lr)
         for order in ORDERS]
     assert_within_reference_noise(ours, references)
 
@@ -430,7 +439,7 @@ def test_aaclip_image_stage_steps_equal_the_official_steps(aaclip_backbone, tmp_
     start = {name: state[name] for name in names}
     text_state = {name: value for name, value in state.items() if name.startswith("text_adapter.")}
     settings = _stage_settings()
-    history = train_image_stage(detector, data, tmp_path, settings, precision="fp32", export_official=False).history
+    history = train_image_stage(detector, data, _run(tmp_path), settings).history
     ours = library_record(history, tmp_path, "image", names, {})
     references = [run_reference(start, lambda state, order=order: official_image_stage_loss(
         aaclip_backbone, state, data.batch(order), text_state), lr=settings.image_lr)
@@ -456,7 +465,7 @@ def test_aaclip_inference_maps_equal_the_official_maps(aaclip_backbone):
     detector = fresh_aaclip(aaclip_backbone).eval()
     state = {name: value.detach() for name, value in detector.trainable_state_dict().items()}
     images, _, _, names = data.batch([0, 1, 2])
-    prediction = detector.predict(images, names)
+    prediction = detector(images, names)
     with torch.no_grad():
         patches, detection = reference_adapted_image(aaclip_backbone, state, images)
         anchors = torch.stack([reference_anchors(aaclip_backbone.clip, state, DESCRIPTIONS[n]) for n in names])
@@ -498,10 +507,13 @@ def test_training_and_protocols_default_to_float32():
     import yaml
 
     from anomaly_clip.cli.train import build_train_parser
+    from anomaly_clip.engine.config import TrainConfig
     from anomaly_clip.resources import configs_dir
 
+    assert TrainConfig().precision == "fp32"
     for method in ("anomalyclip", "aaclip"):
-        assert build_train_parser(method).get_default("precision") == "fp32"
+        args = build_train_parser().parse(["--method", method, "--train_data_path", "unused"])
+        assert args.precision == "fp32"
     protocols = sorted(configs_dir().glob("anomalyclip/*.yaml")) + sorted(configs_dir().glob("aaclip/*.yaml"))
     protocols.append(configs_dir() / "tn3k" / "anomalyclip_finetune.yaml")
     assert len(protocols) >= 7

@@ -1,9 +1,11 @@
-"""Command-line entry points: ``anomaly-clip <command>``, ``train.py`` and ``test.py``."""
-from .calibrate import calibrate_main
-from .main import COMMANDS, main
-from .predict import predict_main
-from .summarize import summarize_main
-from .test import test_main
-from .train import train_main
+"""The application: ``anomaly-clip <command>``, ``train.py`` and ``test.py``.
 
-__all__ = ["COMMANDS", "calibrate_main", "main", "predict_main", "summarize_main", "test_main", "train_main"]
+The only place where arguments are parsed (jsonargparse, flags derived from the settings
+dataclasses). Names load on first use, so ``anomaly-clip --help`` imports no torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {"COMMANDS": "main", "run": "main", "train_main": "train", "test_main": "test",
+            "predict_main": "predict", "calibrate_main": "calibrate", "summarize_main": "summarize",
+            "demo_main": "demo", "protocol_main": "protocol", "synthesize_main": "data", "convert_main": "data"}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,50 +6,37 @@ whose numbers only show that the pipeline works end to end.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..clip.backbone import BackboneConfig, WeightsNotFoundError, load_backbone
-from ..data.dataset import AnomalyDataset
-from ..data.formats import load_samples
-from ..data.synthetic import generate_synthetic_dataset
-from ..engine.evaluation import evaluate
-from ..engine.flags import setup_logging
-from ..engine.training import seed_everything
-from ..methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig, train_anomalyclip
+from .common import setup_logging
+from .options import CommandParser, dataclass_flags
+from .settings import DemoSettings
 
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "anomaly-clip-tiny"
-
-
-def build_demo_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("anomaly-clip demo", description=__doc__)
-    parser.add_argument("--output", default="runs/demo", help="folder for data, checkpoints, tables, heatmaps")
-    parser.add_argument("--weights", default=None, help="local CLIP weights file (OpenAI or open_clip format)")
-    parser.add_argument("--download", action="store_true", default=False,
-                        help="download the pretrained ViT-L-14-336 weights if they are not cached")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="input size (default 518 with real weights, 112 with the tiny backbone)")
-    parser.add_argument("--train-classes", type=int, default=3, help="synthetic classes used for training")
-    parser.add_argument("--seed", type=int, default=111)
-    parser.add_argument("--device", default="auto")
-    return parser
-
-
 # the demo's own ways of providing weights, for the advice when none are found
 DEMO_OPTIONS = {"weights_path": "--weights FILE", "download": "--download"}
 
 
-def _demo_backbone(args: argparse.Namespace):
+def build_demo_parser() -> CommandParser:
+    """The parser of ``demo`` (:class:`~anomaly_clip.cli.settings.DemoSettings`)."""
+    command = CommandParser("anomaly-clip demo", __doc__.split("\n\n")[0], "demo")
+    command.add_flags(dataclass_flags(DemoSettings, "demo"), "demo")
+    return command
+
+
+def _demo_backbone(args):
     """Real CLIP from ``--weights`` (which must load), or from the cache (downloaded only with
     ``--download``); else the tiny random backbone, saying why and how to get real weights."""
-    real = BackboneConfig(weights_path=args.weights, download=args.download, image_size=args.image_size or 518)
+    from ..clip.backbone import BackboneConfig, load_backbone
+    from ..clip.weights import WeightsNotFoundError
+
+    real = BackboneConfig(weights_path=args.weights, download=args.download,
+                          image_size=args.image_size or BackboneConfig().image_size)
     if args.weights:
         return load_backbone(real, args.device), True
     try:
@@ -57,7 +44,7 @@ def _demo_backbone(args: argparse.Namespace):
     except WeightsNotFoundError as error:
         reason = error.describe(DEMO_OPTIONS)
     tiny = replace(BackboneConfig(), model_name=TINY_MODEL, pretrained=None, random_init=True,
-                   image_size=args.image_size or 112)
+                   image_size=args.image_size or DemoSettings().tiny_image_size)
     logger.warning("=" * 72)
     logger.warning("No CLIP weights, so this demo runs a TINY RANDOM backbone: the pipeline is real, the "
                    "numbers are MEANINGLESS. %s", reason)
@@ -66,7 +53,17 @@ def _demo_backbone(args: argparse.Namespace):
 
 
 def demo_main(argv: Optional[Sequence[str]] = None) -> dict:
-    args = build_demo_parser().parse_args(argv)
+    """Generate the data, train AnomalyCLIP on some classes, evaluate the rest; return the report."""
+    args = build_demo_parser().parse(list(argv or []))
+    from .. import api
+    from ..data.dataset import AnomalyDataset
+    from ..data.formats import load_samples
+    from ..data.synthetic import generate_synthetic_dataset
+    from ..engine.config import TrainConfig
+    from ..engine.evaluation import evaluate
+    from ..engine.training import seed_everything
+    from ..methods.anomalyclip.config import AnomalyCLIPTraining
+
     output = Path(args.output)
     setup_logging(output, "demo_log.txt")
     seed_everything(args.seed)
@@ -82,10 +79,11 @@ def demo_main(argv: Optional[Sequence[str]] = None) -> dict:
     train_set = AnomalyDataset([s for s in samples if s.class_name in train_classes], str(data_root), image_size=size)
     eval_set = AnomalyDataset([s for s in samples if s.class_name in eval_classes], str(data_root), image_size=size)
 
-    detector = AnomalyCLIP(backbone, AnomalyCLIPConfig())
-    train_anomalyclip(detector, train_set, output / "checkpoints", epochs=args.epochs, batch_size=args.batch_size,
-                      seed=args.seed, save_freq=args.epochs)
-    report = evaluate(detector, eval_set, batch_size=args.batch_size, num_workers=0,
+    detector = api.create_detector("anomalyclip", backbone=backbone)
+    api.fit(detector, train_set, TrainConfig(save_path=str(output / "checkpoints"), seed=args.seed,
+                                             save_freq=args.epochs, num_workers=DemoSettings().num_workers,
+                                             method=AnomalyCLIPTraining(epoch=args.epochs, batch_size=args.batch_size)))
+    report = evaluate(detector, eval_set, batch_size=args.batch_size, num_workers=DemoSettings().num_workers,
                       visualize=output / "heatmaps")
     settings = {"demo": True, "pretrained": pretrained, "train_classes": train_classes,
                 "eval_classes": eval_classes, "backbone_config": backbone.config.to_dict()}

@@ -13,6 +13,9 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ANOMALY_CLIP_DEBUG"
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# how the command line spells each way of providing CLIP weights (advice of a WeightsError)
+CLI_OPTIONS = {"weights_path": "--weights FILE", "cache_dir": "--cache-dir DIR", "download": "--download",
+               "model_name": "--model NAME"}
 # what the library raises for bad input: missing/unreadable files, bad values, a loss gone non-finite
 USER_ERRORS = (OSError, ValueError, FloatingPointError)
 
@@ -24,7 +27,7 @@ def debug_requested(argv: Sequence[str]) -> bool:
 def error_message(error: BaseException) -> str:
     """The error's message in command-line terms; a DataLoader worker's error keeps only the
     worker's own message, not the traceback PyTorch folds into it."""
-    from ..clip.backbone import CLI_OPTIONS, WeightsError  # here: `anomaly-clip --help` stays free of torch
+    from ..clip.weights import WeightsError  # here: `anomaly-clip --help` stays free of torch
 
     if isinstance(error, WeightsError):
         return error.describe(CLI_OPTIONS)

@@ -19,6 +19,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "summarize": ("summarize", "summarize_main", "one table from several test.py result folders; --compare "
                   "adds the published numbers"),
     "protocol": ("protocol", "protocol_main", "run a paper protocol from configs/ (train.sh / test.sh call it)"),
+    "synthesize": ("data", "synthesize_main", "write the synthetic anomaly dataset (MVTec AD layout + meta.json)"),
+    "convert": ("data", "convert_main", "convert AnomalyCLIP meta.json <-> AA-CLIP jsonl metadata"),
 }
 
 
@@ -32,7 +34,8 @@ def usage() -> str:
     lines = ["usage: anomaly-clip <command> [options]", "", "Zero-shot anomaly detection with CLIP "
              "(AnomalyCLIP, AA-CLIP).", "", "commands:"]
     lines += [f"  {name:<{width}}  {description}" for name, (_, _, description) in COMMANDS.items()]
-    lines += ["", "'anomaly-clip <command> --help' lists a command's options. Errors end in one 'error: ...' line",
+    lines += ["", "'anomaly-clip <command> --help' lists a command's options; every command takes --config FILE",
+              "and --print_config. Errors end in one 'error: ...' line",
               f"(exit status 2); {DEBUG_FLAG} or {DEBUG_ENV}=1 shows the full traceback."]
     return "\n".join(lines) + "\n"
 

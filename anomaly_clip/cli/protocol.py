@@ -8,7 +8,6 @@ ours | published | delta. ``train.sh`` and ``test.sh`` are thin wrappers around 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
@@ -16,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..engine.flags import setup_logging
-from ..engine.training import final_checkpoint
-from ..methods import get_method
+from ..engine.config import TrainConfig
+from ..engine.registry import find_method
 from ..resources import configs_dir
-from .config import read_config_file
+from .common import setup_logging
+from .options import CommandParser, UsageError, dataclass_flags, read_config_file
+from .settings import EvaluationSettings, ProtocolSettings
 from .summarize import summarize_main
 from .test import test_main
 from .train import train_main
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = {"zero_shot": "zero_shot_suite.yaml", "tn3k": "tn3k/protocol.yaml"}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UsageError):
     """The protocol cannot run as asked (missing roots, checkpoints or files)."""
 
 
@@ -69,7 +69,7 @@ def load_protocol(protocol: str, method: str, shot: int = 0) -> Protocol:
     path = Path(protocol) if protocol not in PROTOCOLS else folder / PROTOCOLS[protocol]
     content = read_config_file(path)
     methods = content.get("methods") or {}
-    canonical = get_method(method).name
+    canonical = find_method(method).name
     if canonical not in methods:
         raise ProtocolError(f"{path} has no protocol for method {canonical!r} (it has {sorted(methods)})")
     entry = methods[canonical]
@@ -98,7 +98,7 @@ def _root(variable: str) -> Optional[str]:
 
 
 def _checkpoint_dir() -> Path:
-    return Path(os.environ.get("CKPT_DIR") or "./checkpoints")
+    return Path(os.environ.get("CKPT_DIR") or TrainConfig().save_path)
 
 
 def run_training(protocol: Protocol, extra: Sequence[str]) -> List[Path]:
@@ -130,7 +130,9 @@ def checkpoint_for(protocol: Protocol, run: TrainingRun) -> Path:
     if os.environ.get(variable):
         return Path(os.environ[variable])
     folder = _checkpoint_dir() / run.name
-    found = final_checkpoint(folder, get_method(protocol.method).detector.final_stage)
+    from ..engine.training import final_checkpoint
+
+    found = final_checkpoint(folder, find_method(protocol.method).final_stage)
     if found is None:
         raise ProtocolError(f"no checkpoint in {folder} for the {run.dataset}-trained model: run train.sh "
                             f"(or `anomaly-clip protocol train`) first, or set {variable}")
@@ -138,7 +140,7 @@ def checkpoint_for(protocol: Protocol, run: TrainingRun) -> Path:
 
 
 def run_testing(protocol: Protocol, extra: Sequence[str], reference: Optional[str] = None) -> str:
-    results = Path(os.environ.get("RESULTS_DIR") or "./results") / "_".join(
+    results = Path(os.environ.get("RESULTS_DIR") or EvaluationSettings().save_path) / "_".join(
         part for part in (protocol.method, protocol.setting) if part)
     done = []
     for dataset, variable in protocol.datasets.items():
@@ -158,35 +160,24 @@ def run_testing(protocol: Protocol, extra: Sequence[str], reference: Optional[st
         raise ProtocolError(f"no dataset root set; nothing evaluated (set one or more of {names})")
     summary = ["--compare", *done, "--output", str(results / "summary.md")]
     if reference:
-        summary += ["--reference", reference]
+        summary += ["--published_reference", reference]
     return summarize_main(summary)
 
 
-def build_protocol_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("anomaly-clip protocol", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=("train", "test"))
-    parser.add_argument("--method", default=os.environ.get("METHOD") or "anomalyclip")
-    parser.add_argument("--protocol", default=os.environ.get("PROTOCOL") or "zero_shot",
-                        help=f"one of {sorted(PROTOCOLS)} or a protocol file")
-    parser.add_argument("--shot", type=int, default=int(os.environ.get("SHOT") or 0),
-                        help="AA-CLIP training images per class (0 = full shot; 2, 16, 64)")
-    parser.add_argument("--reference", default=os.environ.get("REFERENCE") or None,
-                        help="published reference for the final table (default: the config's)")
-    parser.add_argument("--args", dest="extra", default="",
-                        help="extra flags for train.py / test.py, one string (TRAIN_ARGS / TEST_ARGS)")
-    return parser
+def build_protocol_parser() -> CommandParser:
+    """The parser of ``protocol`` (:class:`~anomaly_clip.cli.settings.ProtocolSettings`)."""
+    command = CommandParser("anomaly-clip protocol", __doc__.split("\n\n")[0], "protocol")
+    command.add_argument("stage", choices=["train", "test"], help="train every run, or test and compare")
+    command.add_flags(dataclass_flags(ProtocolSettings, "protocol"), "protocol")
+    return command
 
 
 def protocol_main(argv: Optional[Sequence[str]] = None) -> object:
-    parser = build_protocol_parser()
-    args = parser.parse_args(argv)
+    """Run the ``train`` or ``test`` stage of a protocol for one method."""
+    args = build_protocol_parser().parse(list(argv or []))
     setup_logging()
-    try:
-        protocol = load_protocol(args.protocol, args.method, args.shot)
-        extra = shlex.split(args.extra)
-        if args.stage == "train":
-            return run_training(protocol, extra)
-        return run_testing(protocol, extra, args.reference)
-    except ProtocolError as error:
-        parser.error(str(error))
+    protocol = load_protocol(args.protocol, args.method, args.shot)
+    extra = shlex.split(args.extra)
+    if args.stage == "train":
+        return run_training(protocol, extra)
+    return run_testing(protocol, extra, args.published_reference)

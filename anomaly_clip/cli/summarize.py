@@ -6,36 +6,32 @@ stay apart. ``--compare`` lines every metric up against the published tables und
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from tabulate import tabulate
 
 from ..data.registry import UnknownDatasetError, get_dataset_info
-from ..metrics.published import (METRIC_LABELS, ComparisonRow, PublishedTables, Reference, compare_run,
-                                 is_random_run, read_published, run_metrics)
 from ..resources import configs_dir
+from .options import CommandParser, UsageError, dataclass_flags
+from .settings import SummarizeSettings
+
+if TYPE_CHECKING:
+    from ..metrics.published import ComparisonRow, PublishedTables, Reference
 
 RANDOM_NOTE = "random weights: meaningless"
 
 
-def build_summarize_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("anomaly-clip summarize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("result_dirs", nargs="+", help="folders written by test.py --save_path")
-    parser.add_argument("--compare", action="store_true",
-                        help="compare with the published numbers: ours | published | delta per metric")
-    parser.add_argument("--reference", default=None,
-                        help="published reference to compare with (e.g. zero_shot, official_log, shot_16); "
-                             "default: the one the run's config names, else the method's default")
-    parser.add_argument("--published", action="append", default=None, metavar="FILE",
-                        help="published-table YAML file(s) (default: configs/published/<method>.yaml)")
-    parser.add_argument("--output", default=None, help="also write the table (markdown) to this file")
-    return parser
+def build_summarize_parser() -> CommandParser:
+    """The parser of ``summarize`` (:class:`~anomaly_clip.cli.settings.SummarizeSettings`)."""
+    command = CommandParser("anomaly-clip summarize", __doc__.split("\n\n")[0], "summarize")
+    flags = dataclass_flags(SummarizeSettings, "summarize")
+    command.add_argument("result_dirs", nargs="+", help=flags[0].kwargs["help"])
+    command.add_flags(flags[1:], "summarize")
+    return command
 
 
 def run_labels(directories: Sequence[str]) -> List[str]:
@@ -54,17 +50,17 @@ def canonical_dataset(name: str) -> str:
         return name
 
 
-def read_results(directory: str, parser: argparse.ArgumentParser) -> Dict[str, Any]:
+def read_results(directory: str) -> Dict[str, Any]:
+    """The ``results.json`` of a ``test`` folder; a missing or broken one is a :class:`UsageError`."""
     path = Path(directory) / "results.json"
     if not Path(directory).is_dir():
-        parser.error(f"{directory} is not a folder: pass folders written by test.py --save_path")
+        raise UsageError(f"{directory} is not a folder: pass folders written by test.py --save_path")
     if not path.is_file():
-        parser.error(f"{path} not found: run test.py with --save_path {directory} first")
+        raise UsageError(f"{path} not found: run test.py with --save_path {directory} first")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        parser.error(f"{path} is not valid JSON ({error}); re-run test.py for this folder")
-    raise AssertionError("unreachable")
+        raise UsageError(f"{path} is not valid JSON ({error}); re-run test.py for this folder") from error
 
 
 def _percent(value: Optional[float]) -> str:
@@ -77,6 +73,8 @@ def _delta(value: Optional[float]) -> str:
 
 def summary_table(runs: List[Tuple[str, Dict[str, Any]]]) -> str:
     """Mean metrics of each run in percent, one row per run."""
+    from ..metrics.published import METRIC_LABELS, is_random_run, run_metrics
+
     metrics = [m for m in METRIC_LABELS if any(m in run_metrics(results) for _, results in runs)]
     headers = ["run", "dataset", "method"] + [METRIC_LABELS[m] for m in metrics] + ["note"]
     body = []
@@ -90,6 +88,9 @@ def summary_table(runs: List[Tuple[str, Dict[str, Any]]]) -> str:
 
 
 def comparison_table(rows: List[ComparisonRow]) -> str:
+    """ours | published | delta per metric, one row per run and metric."""
+    from ..metrics.published import METRIC_LABELS
+
     body = [[row.run, row.dataset, METRIC_LABELS[row.metric], _percent(row.ours),
              "—" if row.published is None else _percent(row.published), _delta(row.delta), row.note]
             for row in rows]
@@ -98,13 +99,14 @@ def comparison_table(rows: List[ComparisonRow]) -> str:
                                                                      "right", "left"))
 
 
-def _published_tables(files: Optional[List[str]], methods: Sequence[str],
-                      parser: argparse.ArgumentParser) -> Dict[str, PublishedTables]:
+def _published_tables(files: Optional[List[str]], methods: Sequence[str]) -> Dict[str, PublishedTables]:
+    from ..metrics.published import read_published
+
     tables: Dict[str, PublishedTables] = {}
     if files:
         for file in files:
             if not Path(file).is_file():
-                parser.error(f"published-table file not found: {file}")
+                raise UsageError(f"published-table file not found: {file}")
             table = read_published(file)
             tables[table.method] = table
         return tables
@@ -118,10 +120,11 @@ def _published_tables(files: Optional[List[str]], methods: Sequence[str],
 
 def summarize_main(argv: Optional[Sequence[str]] = None) -> str:
     """Gather the mean rows of several ``test.py`` result folders into one table."""
-    parser = build_summarize_parser()
-    args = parser.parse_args(argv)
+    args = build_summarize_parser().parse(list(argv or []))
+    from ..metrics.published import compare_run, is_random_run
+
     labels = run_labels(args.result_dirs)
-    runs = [(label, read_results(directory, parser)) for label, directory in zip(labels, args.result_dirs)]
+    runs = [(label, read_results(directory)) for label, directory in zip(labels, args.result_dirs)]
     lines = []
     if any(is_random_run(results) for _, results in runs):
         lines.append("Runs marked 'random weights' used an untrained backbone: their numbers are meaningless.")
@@ -129,7 +132,7 @@ def summarize_main(argv: Optional[Sequence[str]] = None) -> str:
         table = summary_table(runs)
     else:
         methods = [results.get("settings", {}).get("method", "") for _, results in runs]
-        tables = _published_tables(args.published, methods, parser)
+        tables = _published_tables(args.published, methods)
         rows: List[ComparisonRow] = []
         used: Dict[str, Reference] = {}
         for label, results in runs:
@@ -137,11 +140,11 @@ def summarize_main(argv: Optional[Sequence[str]] = None) -> str:
             method = settings.get("method", "")
             reference = None
             if method in tables:
-                name = args.reference or settings.get("published_reference")
+                name = args.published_reference or settings.get("published_reference")
                 try:
                     reference = tables[method].reference(name)
                 except KeyError as error:
-                    parser.error(str(error.args[0]))
+                    raise UsageError(str(error.args[0])) from None
                 used[f"{method}:{reference.name}"] = reference
             rows += compare_run(label, canonical_dataset(str(settings.get("dataset", ""))), results, reference)
         for reference in used.values():

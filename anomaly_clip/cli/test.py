@@ -1,65 +1,108 @@
 """``test.py`` / ``anomaly-clip test``: evaluate a checkpoint (ours or official) on a dataset."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
-from ..engine.distributed import init_distributed, is_main_process
-from ..engine.evaluation import METRIC_LEVELS, evaluate
-from ..engine.flags import (add_backbone_arguments, add_data_arguments, add_reference_arguments,
-                            backbone_config_from_args, setup_logging)
-from ..engine.references import memory_bank_from_args
-from ..methods import METHODS, get_method, load
-from .config import (add_config_argument, checkpoint_method, parse_arguments, read_config_file,
-                     write_resolved_config)
+from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
+                     method_config_values, method_names, plain_settings, setup_logging)
+from .options import CommandParser, config_source, dataclass_flags, read_config_file, write_resolved_config
+from .settings import DataSettings, EvaluationSettings, ModelSettings, ReferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
-def build_test_parser(method: str) -> argparse.ArgumentParser:
-    spec = get_method(method)
-    parser = argparse.ArgumentParser("test.py", description="Evaluate a trained detector on a dataset.")
-    parser.add_argument("--method", default=None, choices=sorted(METHODS),
-                        help="method of the checkpoint (detected from the file when omitted)")
-    parser.add_argument("--checkpoint_path", required=True,
-                        help="our checkpoint, or an official one (AnomalyCLIP epoch_15.pth; AA-CLIP folder)")
-    parser.add_argument("--save_path", default="./results", help="folder for the log, tables and outputs")
-    add_data_arguments(parser, "--data_path", split_default="test")
-    parser.add_argument("--metrics", choices=METRIC_LEVELS, default="image-pixel-level")
-    parser.add_argument("--aupro", choices=("compat", "exact"), default="compat",
-                        help="AUPRO definition: compat = 200 thresholds as in the published tables, "
-                             "exact = MVTec benchmark integral")
-    parser.add_argument("--batch_size", type=int, default=8, help="evaluation batch size")
-    parser.add_argument("--save-predictions", dest="save_predictions", default=None, metavar="DIR",
-                        help="write one .npz per class (paths, labels, scores, maps)")
-    parser.add_argument("--visualize", action="store_true", help="write image | mask | map overlays as PNG")
-    add_config_argument(parser, "test")
-    add_reference_arguments(parser)
-    add_backbone_arguments(parser)
-    spec.flags.add_test_arguments(parser)
-    return parser
+def add_model_flags(command: CommandParser) -> None:
+    """``--checkpoint_path`` (required) and ``--method`` (checked against the file)."""
+    command.add_argument("--checkpoint_path", title="model", required=True, default=None,
+                         help=ModelSettings.__dataclass_fields__["checkpoint_path"].metadata["help"])
+    command.add_argument("--method", title="model", default=None, choices=method_names(),
+                         help=ModelSettings.__dataclass_fields__["method"].metadata["help"])
+
+
+def checkpoint_command(prog: str, description: str, section: str, groups: Sequence[Tuple[type, str]],
+                       data_path: Optional[bool] = None, skip: Sequence[str] = ()) -> CommandParser:
+    """The parser of a command that reads a checkpoint: model flags, ``groups`` (settings class,
+    title), the dataset root (required, optional, or none: ``data_path`` True/False/None),
+    backbone and every method's flags; fields named in ``skip`` are left out."""
+    command = CommandParser(prog, description, section)
+    add_model_flags(command)
+    for cls, title in groups:
+        if cls is DataSettings and data_path is not None:
+            data_path_flag(command, "data_path", required=data_path)
+        command.add_flags(dataclass_flags(cls, title, skip=skip), title)
+    add_backbone_flags(command)
+    add_method_flags(command)
+    return command
+
+
+def build_test_parser() -> CommandParser:
+    """The parser of ``test``: model, evaluation, data, normal references, backbone, method flags."""
+    return checkpoint_command("test.py", "Evaluate a trained detector on a dataset.", "test",
+                              [(EvaluationSettings, "evaluation"), (DataSettings, "data"),
+                               (ReferenceSettings, "few-shot normal references")], data_path=True)
+
+
+def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
+               data_path: Optional[str] = None):
+    """The checkpoint of ``--checkpoint_path`` (read once) with the method and backbone flags applied."""
+    from ..engine.checkpoint import identify_checkpoint, load
+    from ..engine.registry import find_method
+
+    checkpoint = identify_checkpoint(args.checkpoint_path)
+    method = find_method(checkpoint.method)
+    if args.method and find_method(args.method).name != method.name:
+        raise ValueError(f"--method {args.method}, but {args.checkpoint_path} holds a {method.name} model")
+    check_method_flags(args, method)
+    return load(checkpoint, device=args.device, method_config=method_config_values(args, method, data_path=data_path),
+                configure_backbone=lambda base: backbone_config(args, base), calibration=calibration)
+
+
+def reference_bank(args, detector, data_path: Optional[str], class_name: Optional[str]):
+    """The memory bank of ``--reference_images`` (built once, or loaded), None without it."""
+    from ..engine.references import memory_bank
+
+    source = args.get("reference_images")
+    if source is None:
+        for flag in ("reference_class", "save_reference_bank"):
+            if args.get(flag):
+                raise ValueError(f"--{flag} needs --reference_images")
+        return None
+    if not 0.0 <= args.reference_weight <= 1.0:
+        raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
+    defaults = ReferenceSettings()
+    split, seed = args.get("reference_split"), args.get("reference_seed")
+    bank = memory_bank(detector, source, data_path=data_path, class_name=class_name,
+                       split=defaults.reference_split if split is None else split,
+                       seed=defaults.reference_seed if seed is None else seed,
+                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+    from ..engine.distributed import is_main_process
+
+    if args.save_reference_bank and is_main_process():
+        bank.save(args.save_reference_bank)
+    return bank
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    method = checkpoint_method(argv, "test")
-    parser = build_test_parser(method)
-    args = parse_arguments(parser, argv, "test")
+    """Parse, evaluate, write ``results.json``/``results.csv``; return the report and settings."""
+    command = build_test_parser()
+    args = command.parse(list(sys.argv[1:] if argv is None else argv))
+    from ..data.dataset import AnomalyDataset
+    from ..data.formats import load_samples
+    from ..engine.distributed import init_distributed, is_main_process
+    from ..engine.evaluation import evaluate
+
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
-        write_resolved_config(args, parser, "test", args.save_path, source=args.config)
-    flags = get_method(method).flags
-    detector = load(
-        args.checkpoint_path, device=args.device,
-        method_config=flags.config_from_args(args, {}),
-        configure_backbone=lambda base: backbone_config_from_args(args, base),
-    )
-    dataset = flags.evaluation_dataset(args, detector)
-    bank = memory_bank_from_args(args, detector)
+        write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))
+    detector = load_model(args, data_path=args.data_path)
+    samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
+    dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
+                             mask_interpolation=detector.mask_interpolation)
+    bank = reference_bank(args, detector, args.data_path, args.reference_class)
     report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                       metrics=args.metrics, aupro=args.aupro, precision=args.precision,
                       save_predictions=args.save_predictions,
@@ -73,11 +116,13 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     if bank is not None:
         settings["references"] = {"source": str(args.reference_images), "weight": args.reference_weight,
                                   "images_per_class": {name: len(paths) for name, paths in bank.sources.items()}}
-    if args.config:
-        settings["config"] = str(args.config)
-        reference = read_config_file(args.config).get("reference")
-        if reference:
-            settings["published_reference"] = reference
+    source = config_source(args)
+    if source:
+        settings["config"] = source
+        content = read_config_file(source)
+        published = content.get("published") or content.get("reference")
+        if published:
+            settings["published_reference"] = published
     logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
     if is_main_process():
         report.save(args.save_path, settings)

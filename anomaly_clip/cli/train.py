@@ -1,51 +1,75 @@
-"""``train.py`` / ``anomaly-clip train``: train any registered method from flags."""
+"""``train.py`` / ``anomaly-clip train``: train any registered method from flags or a config file."""
 from __future__ import annotations
 
-import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..engine.distributed import init_distributed, is_main_process
-from ..engine.flags import add_backbone_arguments, add_data_arguments, add_pseudo_anomaly_arguments, setup_logging
-from ..methods import METHODS, get_method
-from .config import add_config_argument, parse_arguments, preparse, write_resolved_config
+from ..engine.config import TrainConfig
+from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
+                     method_config_values, method_names, plain_settings, setup_logging, training_settings)
+from .options import CommandParser, config_source, dataclass_flags, write_resolved_config
+from .settings import DataSettings, PseudoAnomalySettings
 
 logger = logging.getLogger(__name__)
 
 
-def build_train_parser(method: str) -> argparse.ArgumentParser:
-    spec = get_method(method)
-    parser = argparse.ArgumentParser("train.py", description=f"Train {spec.name} prompts/adapters.")
-    parser.add_argument("--method", default="anomalyclip", choices=sorted(METHODS), help="method to train")
-    parser.add_argument("--save_path", default="./checkpoints", help="folder for checkpoints and the log")
-    add_data_arguments(parser, "--train_data_path", split_default="test")
-    add_pseudo_anomaly_arguments(parser)
-    parser.add_argument("--seed", type=int, default=111, help="random seed")
-    parser.add_argument("--print_freq", type=int, default=1, help="log every N epochs")
-    parser.add_argument("--save_freq", type=int, default=1, help="checkpoint every N epochs")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --save_path")
-    parser.add_argument("--init_checkpoint", default=None, metavar="CKPT",
-                        help="start from the learnt weights of this checkpoint (ours or official, same method): "
-                             "fine-tuning, e.g. a released model on TN3K's training split")
-    parser.add_argument("--no-export-official", dest="export_official", action="store_false",
-                        help="do not also write checkpoints in the reference code's format")
-    add_config_argument(parser, "train")
-    add_backbone_arguments(parser, precision_default="fp32")
-    spec.flags.add_train_arguments(parser)
-    return parser
+def build_train_parser() -> CommandParser:
+    """The parser of ``train``: run, data, pseudo-anomaly, backbone and every method's flags."""
+    command = CommandParser("train.py", "Train a method's prompts/adapters on a dataset.", "train")
+    command.add_argument("--method", title="run", default=method_names()[0], choices=method_names(),
+                         help="method to train")
+    command.add_flags(dataclass_flags(TrainConfig, "run"), "run")
+    command.add_argument("--no-export-official", title="run", dest="export_official", action="store_false",
+                         default=TrainConfig().export_official,
+                         help="do not also write checkpoints in the official code's format")
+    data_path_flag(command, "train_data_path", required=True)
+    command.add_flags(dataclass_flags(DataSettings, "data"), "data")
+    command.add_flags(dataclass_flags(PseudoAnomalySettings, "pseudo-anomalies (training on normal images)"),
+                      "pseudo-anomalies (training on normal images)")
+    add_backbone_flags(command, num_workers=False)
+    add_method_flags(command, training=True)
+    return command
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> Path:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    method = preparse(argv, "train", ["method"])["method"] or "anomalyclip"
-    parser = build_train_parser(method)
-    args = parse_arguments(parser, argv, "train")
+    """Parse, train, and return the checkpoint of the finished model."""
+    command = build_train_parser()
+    args = command.parse(list(sys.argv[1:] if argv is None else argv))
+    from .. import api
+    from ..data.pseudo_anomaly import PSEUDO_DEFECT_TYPES, PseudoAnomalies
+    from ..engine.distributed import init_distributed, is_main_process
+    from ..engine.registry import find_method
+    from ..engine.training import TrainingData, seed_everything
+
+    method = find_method(args.method)
+    check_method_flags(args, method, training=True)
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "log.txt")
+    settings = plain_settings(args)
     if is_main_process():
-        write_resolved_config(args, parser, "train", args.save_path, source=args.config)
-    path = get_method(args.method).flags.train_from_args(args)
-    logger.info("Training finished; last checkpoint: %s", path)
-    return path
+        write_resolved_config(settings, "train", args.save_path, source=config_source(args))
+    pseudo = None
+    if args.synthesize_anomalies:
+        pseudo = PseudoAnomalies(args.synthesize_anomalies, tuple(args.synthesize_defects or PSEUDO_DEFECT_TYPES),
+                                 seed=args.seed)
+    elif args.synthesize_defects:
+        raise ValueError("--synthesize_defects needs --synthesize_anomalies P with P > 0")
+    config = TrainConfig(**{name: args[name] for name in TrainConfig.__dataclass_fields__
+                            if name in args and name not in ("method", "run_settings")},
+                         method=training_settings(args, method), run_settings=settings)
+    seed_everything(config.seed)
+    detector_class = method.detector_class
+    backbone = api.load_backbone(backbone_config(args, detector_class.default_backbone_config()), device=args.device)
+    values = method_config_values(args, method, data_path=args.train_data_path)
+    detector = api.create_detector(method.name, backbone=backbone, config=values)
+    data = TrainingData.from_folder(args.train_data_path, split=args.split, metadata=args.metadata,
+                                    pseudo_anomalies=pseudo)
+    logger.info("Training %s on %s (%s split, %d images): %s / %s", method.name, args.train_data_path, args.split,
+                len(data.samples), json.dumps(detector.config.to_dict()), json.dumps(config.method.__dict__,
+                                                                                     default=str))
+    result = api.fit(detector, data, config)
+    logger.info("Training finished; last checkpoint: %s", result.final_checkpoint)
+    return result.final_checkpoint

@@ -13,6 +13,7 @@ patch tokens stay local and segment anomalies. Two structures are used by the tw
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -26,9 +27,9 @@ DPAM_STRUCTURES = ("dual", "single")
 
 @dataclass(frozen=True)
 class DPAMConfig:
-    """``layers`` counts like the reference code: ``layers=20`` changes the last 19 blocks."""
+    """``dpam_layers`` counts like the official code: ``dpam_layers=20`` changes the last 19 blocks."""
 
-    layers: int = 20
+    dpam_layers: int = 20
     attention: str = "vv"
     structure: str = "dual"
 
@@ -37,12 +38,12 @@ class DPAMConfig:
             raise ValueError(f"DPAM attention must be one of {ATTENTION_KINDS[1:]}, got {self.attention!r}")
         if self.structure not in DPAM_STRUCTURES:
             raise ValueError(f"DPAM structure must be one of {DPAM_STRUCTURES}, got {self.structure!r}")
-        if self.layers < 1:
-            raise ValueError(f"DPAM layers must be >= 1, got {self.layers}")
+        if self.dpam_layers < 1:
+            raise ValueError(f"dpam_layers must be >= 1, got {self.dpam_layers}")
 
     def first_block(self, num_blocks: int) -> int:
         """0-based index of the first block that runs DPAM."""
-        changed = self.layers - 1
+        changed = self.dpam_layers - 1
         if changed > num_blocks:
             raise ValueError(f"DPAM asks for {changed} blocks but the image tower has {num_blocks}")
         return num_blocks - changed
@@ -64,20 +65,20 @@ class VisualFeatures:
     layer_tokens: Dict[int, torch.Tensor]
 
 
-def encode_image(backbone: CLIPBackbone, images: torch.Tensor, layers: Sequence[int] = (),
+def encode_image(backbone: CLIPBackbone, images: torch.Tensor, features_list: Sequence[int] = (),
                  dpam: Optional[DPAMConfig] = None, after_block: Optional[BlockHook] = None,
                  ) -> VisualFeatures:
     """One batched pass of the image tower returning the global embedding and per-layer tokens.
 
-    ``layers`` are 1-based block numbers (24 = the last block of ViT-L). With DPAM, tokens of
+    ``features_list`` holds 1-based block numbers (24 = the last block of ViT-L). With DPAM, tokens of
     DPAM blocks come from the V-V path; ``after_block(i, x)`` transforms the main path after
     0-based block ``i`` (adapters).
     """
     blocks = backbone.visual.transformer.resblocks
-    wanted = set(int(layer) for layer in layers)
+    wanted = set(int(layer) for layer in features_list)
     bad = [layer for layer in wanted if not 1 <= layer <= len(blocks)]
     if bad:
-        raise ValueError(f"layers {bad} outside 1..{len(blocks)}")
+        raise ValueError(f"features_list {bad} outside 1..{len(blocks)}")
     first_dpam = dpam.first_block(len(blocks)) if dpam is not None else len(blocks)
     dual = dpam is not None and dpam.structure == "dual"
 
@@ -108,7 +109,7 @@ def encode_image(backbone: CLIPBackbone, images: torch.Tensor, layers: Sequence[
 
 def patch_grid(tokens: torch.Tensor) -> Tuple[int, int]:
     """Grid side of (B, 1+N, C) tokens with a class token first."""
-    side = int(round((tokens.shape[1] - 1) ** 0.5))
+    side = math.isqrt(int(tokens.shape[1]) - 1)
     if side * side != tokens.shape[1] - 1:
         raise ValueError(f"{tokens.shape[1] - 1} patch tokens do not form a square grid")
     return side, side

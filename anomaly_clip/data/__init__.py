@@ -1,7 +1,7 @@
 """Datasets: metadata formats, the registry of published layouts, loading, few-shot subsets and
 references, augmentation, pseudo-anomalies and the synthetic dataset.
 
-Names are imported lazily so that ``python -m anomaly_clip.data.<module>`` command lines and
+Names are imported lazily so that the command line (``anomaly-clip synthesize``, ``convert``) and
 light users (the metadata generator) do not load more than they need.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """AA-CLIP's training augmentation: one random geometry applied to image and mask together.
 
-As in the reference code, colour jitter (stage 2 only) acts on the PIL image before resizing,
+As in the official code, colour jitter (stage 2 only) acts on the PIL image before resizing,
 and the geometric part acts on the resized, normalised image stacked with its mask, so both
 move identically: rotation by up to +/-30 degrees (p 0.5), translation by up to 15 % (p 0.5),
 horizontal and vertical flips (p 0.5 each), nearest-neighbour resampling, zero fill.
@@ -8,7 +8,7 @@ horizontal and vertical flips (p 0.5 each), nearest-neighbour resampling, zero f
 The random draws are made in the reference's order and number (torchvision's ``RandomApply``,
 ``ColorJitter``, ``RandomRotation``, ``RandomAffine`` and flips), so under the same global seed
 the same augmentations come out. With ``seed`` None the draws come from torch's global generator, like the
-reference (reproducible under ``torch.manual_seed``, new draws every epoch). With an integer
+official code (reproducible under ``torch.manual_seed``, new draws every epoch). With an integer
 ``seed`` every (seed, epoch, sample index) has its own generator, so results do not depend on
 worker count or order; call ``AnomalyDataset.set_epoch`` each epoch for fresh draws.
 """

@@ -1,4 +1,4 @@
-"""Image/mask loading with the reference preprocessing, as a torch ``Dataset``.
+"""Image/mask loading with the official preprocessing, as a torch ``Dataset``.
 
 Images: any storage mode -> 8-bit RGB (:mod:`anomaly_clip.data.imaging`) -> bicubic resize to
 ``(S, S)`` with PIL -> ``[0, 1]`` -> OpenAI CLIP mean/std, the same operations as the reference
@@ -78,7 +78,7 @@ def load_image(path: PathLike, image_size: int = 518, high_bit_depth: str = "ran
 
 
 def mask_to_tensor(mask: np.ndarray, image_size: int, interpolation: str = "bilinear") -> torch.Tensor:
-    """(1, S, S) float32 {0, 1} tensor of a boolean (H, W) mask resized as the reference does."""
+    """(1, S, S) float32 {0, 1} tensor of a boolean (H, W) mask resized as the official code does."""
     if interpolation not in MASK_INTERPOLATIONS:
         raise ValueError(f"mask_interpolation must be one of {sorted(MASK_INTERPOLATIONS)}, got {interpolation!r}")
     image = Image.fromarray(mask.astype(np.uint8) * 255)

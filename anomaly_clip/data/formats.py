@@ -13,7 +13,6 @@ the dataset root in both formats.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -275,38 +274,3 @@ def load_samples(root: PathLike, split: str = "test", metadata: Optional[PathLik
         f"no metadata in {root}: looked for {META_JSON} and {jsonl_name(split)}. Create it with "
         f"`python -m generate_dataset_json <dataset> --root {root}` or pass the file explicitly."
     )
-
-
-def convert_main(argv: Optional[Sequence[str]] = None) -> List[Path]:
-    """``python -m anomaly_clip.data.formats INPUT OUTPUT``: meta.json <-> jsonl conversion."""
-    parser = argparse.ArgumentParser(
-        prog="python -m anomaly_clip.data.formats",
-        description="Convert AnomalyCLIP meta.json into AA-CLIP jsonl files (one per split) or back.")
-    parser.add_argument("input", nargs="+",
-                        help="a meta.json, or one or more jsonl files (their split is the file name "
-                             "without .jsonl unless --split is given)")
-    parser.add_argument("--output", required=True,
-                        help="folder for <split>.jsonl files, or the meta.json to write")
-    parser.add_argument("--split", action="append", default=None,
-                        help="split(s) to take from a meta.json, or the split name of a single jsonl input")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    inputs = [Path(path) for path in args.input]
-    if len(inputs) == 1 and inputs[0].suffix == ".json":
-        written = list(meta_json_to_jsonl(inputs[0], args.output, args.split).values())
-    elif all(path.suffix == JSONL_SUFFIX for path in inputs):
-        if args.split and len(args.split) != len(inputs):
-            parser.error("give one --split per jsonl input")
-        names = args.split or [path.stem for path in inputs]
-        if len(set(names)) != len(names):
-            parser.error(f"split names must differ, got {names}; name them with --split")
-        written = [jsonl_to_meta_json(dict(zip(names, inputs)), args.output)]
-    else:
-        parser.error("input must be one meta.json or jsonl files")
-    for path in written:
-        logger.info("Wrote %s", path)
-    return written
-
-
-if __name__ == "__main__":
-    convert_main()

@@ -299,7 +299,7 @@ for _info in (
                 source="https://www.mvtec.com/company/research/datasets/mvtec-ad-2",
                 notes="test_public becomes the test split; test_private* have no labels and are not listed."),
     DatasetInfo("synthetic", "Synthetic defects", "industrial", DefectFolders(), aliases=("synth",),
-                notes="Written by python -m anomaly_clip.data.synthetic (MVTec AD layout)."),
+                notes="Written by anomaly-clip synthesize (MVTec AD layout)."),
     DatasetInfo("custom", "Custom folders", "industrial", CustomFolders(), aliases=("own", "user"),
                 notes="<class>/[<split>/]<good|defect>/ with optional ground_truth/<defect>/ masks; a "
                       "root holding train/, test/ or good/ is one class."),

@@ -13,7 +13,6 @@ Files follow the MVTec AD layout (``<class>/train/good``, ``<class>/test/good``,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -357,26 +356,3 @@ def generate_synthetic_dataset(root: Union[str, Path], classes: Optional[Sequenc
     logger.info("Wrote synthetic dataset to %s: %d classes, %d train and %d test images", root, len(classes),
                 len(metadata.get("train", [])), len(metadata["test"]))
     return str(root)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m anomaly_clip.data.synthetic",
-                                     description="Write the synthetic anomaly dataset (MVTec AD layout + meta.json).")
-    parser.add_argument("--root", required=True, help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--classes", nargs="+", default=None, choices=SYNTHETIC_CLASSES, metavar="CLASS",
-                        help=f"subset of {', '.join(SYNTHETIC_CLASSES)}")
-    parser.add_argument("--n-train", type=int, default=16, help="normal training images per class")
-    parser.add_argument("--n-test-normal", type=int, default=10, help="normal test images per class")
-    parser.add_argument("--n-test-anomalous", type=int, default=15, help="anomalous test images per class")
-    parser.add_argument("--format", choices=("meta", "jsonl", "both"), default="meta", help="metadata format")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing class folders")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return generate_synthetic_dataset(args.root, args.classes, args.n_train, args.n_test_normal,
-                                      args.n_test_anomalous, args.image_size, args.seed, args.format, args.overwrite)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,2 +1,4 @@
-"""What every method shares: the detector interface and registry, the training loop, the
-feature cache, checkpoints, evaluation, losses, smoothing and precision handling."""
+"""What every method shares: the detector interface, settings and registry, the training loop,
+the one inference path, calibration (the post-processor), evaluation, visualisation, normal
+references, the feature cache, checkpoints, losses, smoothing and precision handling. Parses no
+arguments (that is :mod:`anomaly_clip.cli`)."""

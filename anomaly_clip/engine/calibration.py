@@ -1,4 +1,5 @@
-"""Decision thresholds for a trained detector, and their storage beside its checkpoint.
+"""The post-processor of a trained detector: decision thresholds and score statistics, and
+their storage beside its checkpoint.
 
 A score or a map value is only useful to a user once it is turned into a decision. Thresholds
 come from (a) a labelled set: the F1-max thresholds of the image scores and of the pixels,
@@ -22,17 +23,16 @@ import os
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from ..files import atomic_path
 from ..data.records import Sample
+from ..files import atomic_path
 from ..metrics import binary_f1_max_threshold
-from .inference import Scorer
-from .precision import autocast
+
+if TYPE_CHECKING:
+    from .detector import AnomalyDetector
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,33 @@ def sidecar_path(checkpoint: str | os.PathLike) -> Path:
 
 
 @dataclass
+class Decision:
+    """Normal (False) / anomalous (True) per image, and per pixel; None where no threshold is known."""
+
+    labels: Optional[torch.Tensor]
+    masks: Optional[Union[torch.Tensor, List[torch.Tensor]]]
+
+
+def decide(scores: torch.Tensor, maps: Optional[Union[torch.Tensor, List[torch.Tensor]]],
+           image_threshold: Optional[float], pixel_threshold: Optional[float]) -> Decision:
+    """Labels ``score >= image_threshold`` (B,) and masks ``map >= pixel_threshold`` (a (B, H, W)
+    tensor or a list of maps), compared in float64; None where a threshold (or the maps) is missing."""
+    labels = scores.double() >= image_threshold if image_threshold is not None else None
+    masks = None
+    if pixel_threshold is not None and maps is not None:
+        masks = [m.double() >= pixel_threshold for m in maps] if isinstance(maps, list) else \
+            maps.double() >= pixel_threshold
+    return Decision(labels=labels, masks=masks)
+
+
+@dataclass
 class Calibration:
-    """Thresholds of one detector (None where unknown) and what they were derived from."""
+    """The post-processor of one detector: its thresholds (None where unknown), the statistics of
+    its per-image score rule, the overlay colour range, and what they were derived from.
+
+    The detector only scores; :meth:`image_scores` applies the method's per-image rule with these
+    statistics and :meth:`decide` turns scores and maps into labels and masks.
+    """
 
     method: str
     image_threshold: Optional[float] = None
@@ -84,6 +109,21 @@ class Calibration:
         if map_range is not None:
             changes["map_range"] = tuple(float(v) for v in map_range)
         return replace(self, **changes)
+
+    def image_scores(self, detector: "AnomalyDetector", scores: torch.Tensor, map_peaks: torch.Tensor,
+                     map_floors: torch.Tensor) -> torch.Tensor:
+        """Per-image decision scores (B,) float32: the detector's rule
+        (:meth:`~anomaly_clip.engine.detector.AnomalyDetector.image_scores`) with these statistics."""
+        return detector.image_scores(scores, map_peaks, map_floors, self.score_statistics or None).float()
+
+    def decide_images(self, scores: torch.Tensor) -> Optional[torch.Tensor]:
+        """``score >= image_threshold`` (compared in float64, as the stored threshold), None without one."""
+        return decide(scores, None, self.image_threshold, None).labels
+
+    def decide(self, prediction: Any) -> Decision:
+        """Labels and masks of a :class:`~anomaly_clip.engine.detector.Prediction` (None where no
+        threshold is known)."""
+        return decide(prediction.scores, prediction.maps, self.image_threshold, self.pixel_threshold)
 
     def to_dict(self) -> Dict[str, Any]:
         values = asdict(self)
@@ -128,7 +168,7 @@ def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def attach_calibration(detector: Scorer, path: str | os.PathLike, required: bool = True) -> Optional[Calibration]:
+def attach_calibration(detector: "AnomalyDetector", path: str | os.PathLike, required: bool = True) -> Optional[Calibration]:
     """Read the calibration at ``path`` into ``detector.calibration``. It must be of the same
     method and, when it records one, of the same weights: a mismatch is an error when the file
     was asked for (``required``) and a warning, the file left unused, when it was only found
@@ -165,40 +205,6 @@ class CalibrationOutputs:
     class_names: List[str]
 
 
-@torch.inference_mode()
-def collect_outputs(detector: Scorer, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
-                    precision: str = "auto", class_name: Optional[str] = None, keep_maps: bool = True,
-                    progress: bool = True) -> CalibrationOutputs:
-    """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
-    replaces the dataset's class names (predict then uses it by default). The maps are kept on
-    the host only with ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
-    detector.eval()
-    device = detector.device
-    has_masks = keep_maps and getattr(dataset, "has_masks", False)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
-    names: List[str] = []
-    for batch in tqdm(loader, desc="calibrate", disable=not progress, dynamic_ncols=True, leave=False):
-        images = batch["image"].to(device)
-        batch_names = [class_name] * images.shape[0] if class_name else list(batch["class_name"])
-        with autocast(device, precision):
-            prediction = detector.predict(images, batch_names)
-        maps = prediction.maps.float()
-        parts["scores"].append(prediction.scores.float())
-        parts["peaks"].append(maps.amax(dim=(-2, -1)))
-        parts["floors"].append(maps.amin(dim=(-2, -1)))
-        parts["labels"].append(batch["label"].to(device).bool())
-        if keep_maps:
-            parts["maps"].append(maps.cpu())
-        if has_masks:
-            parts["masks"].append(batch["mask"].reshape(maps.shape) > 0.5)
-        names += batch_names
-    return CalibrationOutputs(
-        scores=torch.cat(parts["scores"]), map_peaks=torch.cat(parts["peaks"]), map_floors=torch.cat(parts["floors"]),
-        labels=torch.cat(parts["labels"]), maps=torch.cat(parts["maps"]) if keep_maps else None,
-        masks=torch.cat(parts["masks"]) if has_masks else None, class_names=sorted(set(names)))
-
-
 def quantile_value(values: torch.Tensor, q: float) -> float:
     """The smallest value at or above a fraction ``q`` of ``values`` (``q = 1``: the maximum)."""
     if not 0.0 < q <= 1.0:
@@ -210,7 +216,7 @@ def quantile_value(values: torch.Tensor, q: float) -> float:
     return float(flat.kthvalue(rank).values)
 
 
-def calibrate(detector: Scorer, outputs: CalibrationOutputs, normal_quantile: Optional[float] = None,
+def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_quantile: Optional[float] = None,
               provenance: Optional[Dict[str, Any]] = None) -> Calibration:
     """Thresholds from a detector's outputs: F1-max on a labelled set, or the ``normal_quantile``
     of the normal images' per-image scores and map maxima."""

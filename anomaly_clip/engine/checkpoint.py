@@ -1,23 +1,26 @@
-"""Checkpoints: our self-describing format, the reference formats, and :func:`load`.
+"""Checkpoints: our self-describing format, the official formats, :func:`create_detector` and :func:`load`.
 
 Our files hold the method name, its config and the backbone config beside the trainable
-weights, so evaluation needs no repeated architecture flags. Files written by the reference
-code are recognised by their top-level keys and loaded into the same classes.
+weights, so evaluation needs no repeated architecture flags. Files written by the official
+code are recognised by each method's ``official.py`` and loaded into the same classes. A
+checkpoint is read once (:func:`identify_checkpoint`), however many places need it.
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
 from ..files import atomic_path
 from .calibration import attach_calibration, sidecar_path
+from .config import MethodConfig
 from .detector import AnomalyDetector
-from .registry import METHODS, find_method
+from .registry import find_method, registered_methods
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def save_checkpoint(path: str | os.PathLike, detector: AnomalyDetector, **extra:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    """The dictionary in the torch file ``path`` (tensors only: ``weights_only``); a missing,
+    unreadable or non-dictionary file is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -73,38 +78,80 @@ def is_own_format(checkpoint: Dict[str, Any]) -> bool:
     return checkpoint.get("format") == FORMAT_NAME
 
 
-def identify_checkpoint(path: str | os.PathLike) -> Tuple[str, Dict[str, Any], bool]:
-    """Return (method name, checkpoint dict, is_own_format) for a file or an official folder,
-    trying every registered method's reference format (import :mod:`anomaly_clip.methods`
-    first to register the built-in ones)."""
-    for method in METHODS.values():
-        official = method.detector.read_official_checkpoint(str(path))
+@dataclass
+class CheckpointFile:
+    """A checkpoint read once: its method, contents (ours, or the official files' payload), and
+    whether it is in our format. :func:`load` accepts it in place of the path."""
+
+    path: str
+    method: str
+    payload: Dict[str, Any]
+    own: bool
+
+    def __iter__(self):
+        return iter((self.method, self.payload, self.own))
+
+
+def identify_checkpoint(path: str | os.PathLike) -> CheckpointFile:
+    """Read a checkpoint file or an official folder once and find its method: our format by its
+    marker, else the first registered method whose official reader recognises the contents."""
+    location = Path(path)
+    contents = read_checkpoint(location) if location.is_file() else None
+    if contents is not None and is_own_format(contents):
+        if contents.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer anomaly_clip (format {contents['version']})")
+        return CheckpointFile(str(path), contents["method"], contents, True)
+    for method in registered_methods():
+        official = method.detector_class.read_official_checkpoint(str(path), contents)
         if official is not None:
-            return method.name, official, False
-    checkpoint = read_checkpoint(path)
-    if is_own_format(checkpoint):
-        if checkpoint.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer anomaly_clip (format {checkpoint['version']})")
-        return checkpoint["method"], checkpoint, True
+            return CheckpointFile(str(path), method.name, official, False)
+    if contents is None:
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     raise ValueError(
         f"{path} is neither an anomaly_clip checkpoint nor a known official one "
-        f"(top-level keys: {sorted(checkpoint)[:10]})"
+        f"(top-level keys: {sorted(contents)[:10]})"
     )
 
 
-def build_detector(method: str, backbone: CLIPBackbone, method_config: Optional[dict] = None) -> AnomalyDetector:
-    cls = find_method(method).detector
-    return cls(backbone, cls.config_class.from_dict(method_config))
+def create_detector(method: str, backbone: Optional[CLIPBackbone | BackboneConfig] = None,
+                    config: Optional[MethodConfig | Mapping[str, Any]] = None,
+                    device: Optional[torch.device | str] = None, **overrides: Any) -> AnomalyDetector:
+    """A fresh detector of ``method`` (untrained parts initialised from the global RNG), in eval mode.
+
+    ``backbone``: a loaded :class:`CLIPBackbone`, a :class:`BackboneConfig` to load (on
+    ``device``), or None for the method's default backbone (its official settings, pretrained
+    weights). ``config``: the method's config dataclass or a mapping of its fields (former
+    names accepted), updated by keyword ``overrides``; None means the official defaults.
+
+    >>> det = create_detector("anomalyclip", backbone=load_backbone(model_name="anomaly-clip-tiny",
+    ...                       random_init=True, image_size=112))  # doctest: +SKIP
+    >>> det(torch.randn(2, 3, 112, 112)).maps.shape  # doctest: +SKIP
+    torch.Size([2, 112, 112])
+    """
+    spec = find_method(method)
+    cls = spec.detector_class
+    if isinstance(config, MethodConfig):
+        values = config.to_dict()
+    else:
+        values = dict(config or {})
+    values.update(overrides)
+    method_config = spec.config_class.from_dict(values)
+    if backbone is None:
+        backbone = cls.default_backbone_config()
+    if isinstance(backbone, BackboneConfig):
+        backbone = load_backbone(backbone, device=device)
+    return cls(backbone, method_config).to(backbone.device).eval()
 
 
-def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = None,
+def load(checkpoint: str | os.PathLike | CheckpointFile, device: Optional[torch.device | str] = None,
          backbone_config: Optional[BackboneConfig] = None, method_config: Optional[dict] = None,
          backbone: Optional[CLIPBackbone] = None,
          configure_backbone: Optional[Callable[[BackboneConfig], BackboneConfig]] = None,
          calibration: Optional[str | os.PathLike] = None, **backbone_overrides: Any) -> AnomalyDetector:
-    """Load a trained detector from our checkpoint or from an official checkpoint.
+    """Load a trained detector from our checkpoint or from an official checkpoint, in eval mode.
 
-    Official files carry no configuration: the method's defaults (reference settings) are
+    ``checkpoint`` is a path (file, or an official folder) or a :class:`CheckpointFile` already
+    read. Official files carry no configuration: the method's defaults (official settings) are
     used, updated by ``method_config``. The backbone config is ``backbone_config`` if given,
     else the checkpoint's (or the method default), passed through ``configure_backbone`` and
     updated by keyword overrides (e.g. ``weights_path=..., image_size=...``). A ready
@@ -112,8 +159,9 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
     (a calibration JSON), else in the sidecar ``<checkpoint>.calibration.json`` when present and
     made for these weights, become ``detector.calibration``.
     """
-    method, payload, own = identify_checkpoint(checkpoint)
-    cls = find_method(method).detector
+    identified = checkpoint if isinstance(checkpoint, CheckpointFile) else identify_checkpoint(checkpoint)
+    method, payload, own = identified
+    cls = find_method(method).detector_class
     if own:
         base_backbone = BackboneConfig.from_dict(payload["backbone_config"])
         config_values = dict(payload.get("method_config") or {})
@@ -126,23 +174,24 @@ def load(checkpoint: str | os.PathLike, device: Optional[torch.device | str] = N
         if configure_backbone is not None:
             backbone_cfg = configure_backbone(backbone_cfg)
         backbone = load_backbone(backbone_cfg, device=device, **backbone_overrides)
-    detector = build_detector(method, backbone, config_values).to(backbone.device)
+    detector = cls(backbone, cls.config_class.from_dict(config_values)).to(backbone.device)
     if own:
         detector.load_trainable_state_dict(payload["state_dict"])
     else:
         detector.load_official_checkpoint(payload)
     detector.eval()
-    logger.info("Loaded %s detector from %s", method, checkpoint)
+    logger.info("Loaded %s detector from %s", method, identified.path)
+    sidecar = sidecar_path(identified.path)
     if calibration is not None:
         attach_calibration(detector, calibration)
-    elif sidecar_path(checkpoint).is_file():
-        attach_calibration(detector, sidecar_path(checkpoint), required=False)
+    elif sidecar.is_file():
+        attach_calibration(detector, sidecar, required=False)
     return detector
 
 
 def initialise_from_checkpoint(detector: AnomalyDetector, path: str | os.PathLike) -> None:
     """Start training from the learnt weights of a checkpoint of the same method (ours or the
-    reference format), e.g. to fine-tune a released model on a new dataset's training split.
+    official format), e.g. to fine-tune a released model on a new dataset's training split.
     The detector keeps its own configuration; the file's weights must fit it."""
     method, payload, own = identify_checkpoint(path)
     if method != detector.method_name:

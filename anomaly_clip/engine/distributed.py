@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from datetime import timedelta
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
@@ -20,16 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
+from ..devices import launched_by_torchrun, resolve_device
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
-
-
-def launched_by_torchrun() -> bool:
-    """True in a process that ``torchrun`` started as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def is_distributed() -> bool:
@@ -49,23 +45,6 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def process_device(device: str | torch.device = "auto") -> torch.device:
-    """The device of this process: under ``torchrun`` a GPU request means the GPU of ``LOCAL_RANK``."""
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type != "cuda" or not launched_by_torchrun():
-        return device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.index is not None and device.index != local_rank:
-        raise ValueError(f"under torchrun every process takes the GPU of its local rank; got --device {device} "
-                         f"in the process of local rank {local_rank} (give --device cuda or auto)")
-    if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"local rank {local_rank} but only {torch.cuda.device_count()} GPUs are visible: "
-                         "start at most one process per GPU (--nproc_per_node)")
-    return torch.device("cuda", local_rank)
-
-
 def init_distributed(device: str | torch.device = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> str:
     """Join ``torchrun``'s process group when launched by it and return this process's device.
 
@@ -74,7 +53,7 @@ def init_distributed(device: str | torch.device = "auto", timeout: timedelta = D
     """
     if not launched_by_torchrun():
         return str(device)
-    resolved = process_device(device)
+    resolved = resolve_device(device)
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():

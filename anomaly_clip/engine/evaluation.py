@@ -1,28 +1,30 @@
-"""Batched evaluation of any detector: metrics per class, saved predictions, heatmap overlays."""
+"""Batched evaluation of any detector: metrics per class, saved predictions, heatmap overlays
+(drawn by :mod:`.visualization`)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
-import cv2
+from functools import partial
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..clip.backbone import RANDOM_WEIGHTS_WARNING
 from ..files import atomic_path
+from ..metrics import AnomalyEvaluator, MetricsReport
+from .config import METRIC_LEVELS
 from .detector import AnomalyDetector
 from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, merged_order,
                           shard_dataset)
-from ..metrics import AnomalyEvaluator, MetricsReport
-from .precision import autocast
+from .inference import iterate_batches
 from .references import MemoryBank, predict_with_references
+from .visualization import safe_name, write_visualizations
 
 logger = logging.getLogger(__name__)
 
-METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 
 
 class PredictionWriter:
@@ -57,7 +59,7 @@ class PredictionWriter:
                 continue
             record = {key: [item for part in parts if part is not None for item in part[key]]
                       for key in ("paths", "labels", "scores", "maps")}
-            path = self.directory / f"{_safe_name(name)}.npz"
+            path = self.directory / f"{safe_name(name)}.npz"
             with atomic_path(path) as temporary:
                 np.savez(temporary, paths=np.array(record["paths"]),
                          labels=np.array(record["labels"], dtype=np.int64),
@@ -67,71 +69,6 @@ class PredictionWriter:
         if written:
             logger.info("Wrote predictions of %d classes to %s", len(written), self.directory)
         return written
-
-
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def colourize(anomaly_map: np.ndarray, value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
-    """(H, W, 3) uint8 JET colours of a map: ``value_range`` fixes the scale shared by many images
-    (values outside it saturate); without it the map is min-max scaled on its own."""
-    low, high = value_range if value_range is not None else (float(anomaly_map.min()), float(anomaly_map.max()))
-    span = high - low
-    scaled = np.clip((anomaly_map - low) / span, 0.0, 1.0) if span > 0 else np.zeros_like(anomaly_map)
-    return cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
-
-
-def blend(image: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    return (0.5 * image + 0.5 * colour).astype(np.uint8)
-
-
-def heatmap_overlay(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray,
-                    value_range: Optional[Tuple[float, float]] = None) -> np.ndarray:
-    """Side-by-side RGB panel: image | ground-truth mask | anomaly map blended over the image.
-
-    ``image`` (H, W, 3) uint8, ``mask`` (H, W) in {0, 1}, ``anomaly_map`` (H, W) float; the map
-    is min-max scaled per image for display unless ``value_range`` is given.
-    """
-    mask_rgb = np.repeat((mask > 0.5).astype(np.uint8)[..., None] * 255, 3, axis=2)
-    return np.concatenate([image, mask_rgb, blend(image, colourize(anomaly_map, value_range))], axis=1)
-
-
-def prediction_panel(image: np.ndarray, anomaly_map: np.ndarray, value_range: Tuple[float, float],
-                     mask: Optional[np.ndarray], caption: str) -> np.ndarray:
-    """RGB panel for one's own images: image | map overlay on a shared colour scale | predicted
-    mask outlined on the image (no outline without a pixel threshold), under a caption strip
-    (one line per ``' | '``-separated part)."""
-    outlined = image.copy()
-    thickness = max(1, round(max(image.shape[:2]) / 256))
-    if mask is not None:
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(outlined, contours, -1, (255, 0, 0), thickness)
-    panel = np.concatenate([image, blend(image, colourize(anomaly_map, value_range)), outlined], axis=1)
-    lines = caption.split(" | ")
-    widest = max(cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 1.0, 1)[0][0] for line in lines)
-    scale = min(max(0.3, panel.shape[1] / 1600), (panel.shape[1] - 8) / widest)
-    (_, text_height), baseline = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    step = text_height + baseline + 4
-    strip = np.zeros((step * len(lines) + 4, panel.shape[1], 3), dtype=np.uint8)
-    for number, line in enumerate(lines):
-        cv2.putText(strip, line, (4, step * number + text_height + 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (255, 255, 255), 1, cv2.LINE_AA)
-    return np.concatenate([strip, panel], axis=0)
-
-
-def write_visualizations(directory: Path, paths: List[str], class_names: List[str], masks: torch.Tensor,
-                         maps: torch.Tensor) -> None:
-    size = maps.shape[-1]
-    for path, name, mask, anomaly_map in zip(paths, class_names, masks.cpu().numpy(), maps.float().cpu().numpy()):
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            raise FileNotFoundError(f"cannot read {path} for visualisation")
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)[..., ::-1]
-        panel = heatmap_overlay(image, mask.reshape(size, size), anomaly_map)
-        target = directory / _safe_name(name) / f"{_safe_name(Path(path).parent.name)}_{Path(path).stem}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(target), panel[..., ::-1])
 
 
 @torch.inference_mode()
@@ -155,30 +92,22 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
     if metrics != "image-level" and getattr(dataset, "has_masks", True) is False:
         logger.warning("The dataset has no masks (image-level only): reporting image-level metrics only")
         metrics = "image-level"
-    detector.eval()
-    device = detector.device
-    loader = DataLoader(shard_dataset(dataset, block=batch_size), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
     fuses_scores = type(detector).class_image_scores is not AnomalyDetector.class_image_scores
     evaluator = AnomalyEvaluator(metrics=metrics, aupro=aupro,
                                  class_score_transform=detector.class_image_scores if fuses_scores else None)
     writer = PredictionWriter(save_predictions) if save_predictions else None
-    show = progress and is_main_process()
-    for batch in tqdm(loader, desc="evaluate", disable=not show, dynamic_ncols=True, leave=False):
-        images = batch["image"].to(device, non_blocking=True)
-        class_names = list(batch["class_name"])
-        with autocast(device, precision):
-            if references is None:
-                prediction = detector.predict(images, class_names)
-            else:
-                prediction = predict_with_references(detector, images, class_names, references, reference_weight)
-        masks = batch["mask"].to(device).reshape(images.shape[0], *prediction.maps.shape[-2:]) > 0.5
-        labels = batch["label"].to(device)
-        evaluator.update(class_names, labels, prediction.scores, prediction.maps, masks)
+    scorer = None
+    if references is not None:
+        scorer = partial(predict_with_references, detector, bank=references, weight=reference_weight)
+    for output in iterate_batches(detector, shard_dataset(dataset, block=batch_size), batch_size=batch_size,
+                                  num_workers=num_workers, precision=precision, scorer=scorer, progress=progress,
+                                  desc="evaluate", pin_memory=detector.device.type == "cuda"):
+        evaluator.update(output.class_names, output.labels, output.scores, output.maps, output.masks,
+                         map_peaks=output.map_peaks, map_floors=output.map_floors)
         if writer is not None:
-            writer.add(class_names, list(batch["path"]), labels, prediction.scores, prediction.maps)
+            writer.add(output.class_names, output.paths, output.labels, output.scores, output.maps)
         if visualize:
-            write_visualizations(Path(visualize), list(batch["path"]), class_names, masks, prediction.maps)
+            write_visualizations(Path(visualize), output.paths, output.class_names, output.masks, output.maps)
     if writer is not None:
         writer.write()
     report = gather_report(evaluator)

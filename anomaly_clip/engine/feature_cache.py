@@ -19,11 +19,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import CACHE_MODES
 from .distributed import all_gather_objects, get_rank, get_world_size, is_distributed, shard_range
 
 logger = logging.getLogger(__name__)
 
-CACHE_MODES = ("auto", "off", "device", "host", "disk")
 AUTO_HOST_LIMIT_BYTES = 8 * 1024 ** 3
 
 

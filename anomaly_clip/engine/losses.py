@@ -1,6 +1,6 @@
 """Segmentation and classification losses shared by both methods.
 
-Focal and Dice follow the reference implementations exactly (label clamping, ``+ smooth``
+Focal and Dice follow the official implementations exactly (label clamping, ``+ smooth``
 inside the log, per-image Dice averaged over the batch) because released checkpoints were
 trained with them and loss values are compared in tests.
 """

@@ -8,17 +8,16 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
-from .evaluation import prediction_panel
+from .config import MAP_FORMATS
 from .inference import ImagePrediction
+from .visualization import prediction_panel, save_panel
 
 logger = logging.getLogger(__name__)
 
-MAP_FORMATS = ("npz", "png16")
 CSV_COLUMNS = ("path", "score", "label", "error")
 
 
@@ -140,4 +139,4 @@ class PredictionFiles:
                                "image's); calibrate the model for a fixed scale", *self.value_range)
             mask = values >= self.pixel_threshold if self.pixel_threshold is not None else None
             panel = prediction_panel(original, values, self.value_range, mask, self.caption(row))
-            cv2.imwrite(str(self.target("overlays", row.path, ".png")), np.ascontiguousarray(panel[..., ::-1]))
+            save_panel(panel, self.target("overlays", row.path, ".png"))

@@ -24,7 +24,7 @@ query-by-bank matrix; a bank too large for the GPU stays in host memory and stre
 """
 from __future__ import annotations
 
-import argparse
+import math
 import hashlib
 import logging
 import os
@@ -34,7 +34,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from ..data.dataset import AnomalyDataset
 from ..data.fewshot import folder_references, normal_references
@@ -43,7 +42,7 @@ from ..data.records import Sample, class_names as ordered_class_names
 from .checkpoint import atomic_save
 from .detector import AnomalyDetector, PatchFeatures, Prediction
 from .feature_cache import choose_cache_mode
-from .precision import autocast
+from .inference import iterate_batches
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +142,6 @@ class MemoryBank:
         return sum(t.numel() * t.element_size() for layers in self.features.values() for t in layers.values())
 
     @classmethod
-    @torch.inference_mode()
     def build(cls, detector: AnomalyDetector, samples: Sequence[Sample], root: str | os.PathLike = ".",
               batch_size: int = 8, num_workers: int = 0, precision: str = "auto",
               max_elements: int = DEFAULT_MAX_ELEMENTS) -> "MemoryBank":
@@ -155,15 +153,12 @@ class MemoryBank:
         anomalous = [s.image_path for s in samples if s.is_anomalous]
         if anomalous:
             raise ValueError(f"reference images must be normal; anomalous: {anomalous[:5]}")
-        detector.eval()
         device = detector.device
         dataset = AnomalyDataset(samples, root, image_size=detector.image_size, image_level_only=True)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         collected: Dict[int, List[torch.Tensor]] = {}
-        for batch in loader:
-            with autocast(device, precision):
-                features = detector.patch_features(batch["image"].to(device, non_blocking=True))
-            for layer, value in features.items():
+        for output in iterate_batches(detector, dataset, batch_size=batch_size, num_workers=num_workers,
+                                      precision=precision, patch_features_only=True):
+            for layer, value in output.patch_features.items():
                 collected.setdefault(layer, []).append(F.normalize(value.float(), dim=-1).cpu())
         stacked = {layer: torch.cat(values) for layer, values in collected.items()}
         first = next(iter(stacked.values()))
@@ -206,7 +201,7 @@ class MemoryBank:
                      size: int) -> torch.Tensor:
         """(B, size, size) reference maps: distances smoothed the way the detector smooths its maps."""
         distances = self.distances(patches, class_names)
-        side = int(round(distances.shape[-1] ** 0.5))
+        side = math.isqrt(int(distances.shape[-1]))
         if side * side != distances.shape[-1]:
             raise ValueError(f"{distances.shape[-1]} patches do not form a square grid")
         return detector.patch_maps(distances.view(*distances.shape[:2], side, side), size)
@@ -264,33 +259,32 @@ def predict_with_references(detector: AnomalyDetector, images: torch.Tensor, cla
                             bank: MemoryBank, weight: float) -> Prediction:
     """The detector's prediction fused with its reference maps (module docstring), from one
     backbone pass: the rule evaluation uses, for any caller (``predict``, demos)."""
-    prediction, patches = detector.predict_with_patch_features(images, class_names)
+    prediction, patches = detector.forward_with_patch_features(images, class_names)
     names = bank.resolve_class_names(class_names, images.shape[0])
     return fuse_with_references(prediction, bank.anomaly_maps(detector, patches, names, images.shape[-1]), weight)
 
 
-def memory_bank_from_args(args: argparse.Namespace, detector: AnomalyDetector) -> Optional[MemoryBank]:
-    """The frozen memory bank of ``--reference_images``, built once (or loaded), None without it."""
-    source = getattr(args, "reference_images", None)
-    if source is None:
-        for flag in ("class_name", "save_reference_bank"):
-            if getattr(args, flag, None):
-                raise ValueError(f"--{flag} needs --reference_images")
-        return None
-    if not 0.0 <= args.reference_weight <= 1.0:
-        raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
+def memory_bank(detector: AnomalyDetector, source: str | int | os.PathLike, data_path: Optional[str] = None,
+                class_name: Optional[str] = None, split: str = "train", seed: int = 0, batch_size: int = 8,
+                num_workers: int = 0, precision: str = "auto") -> MemoryBank:
+    """The frozen memory bank of a source of normal references, built once (or loaded):
+
+    * ``K`` (a number): K normal images per class from ``split`` of the dataset at ``data_path``,
+      drawn with ``seed``;
+    * a folder of normal images (one sub-folder per class, or images of ``class_name``);
+    * a file: a bank saved by :meth:`MemoryBank.save` (refused when built for other weights).
+    """
     source = str(source)  # a config file gives K as a number
     if Path(source).is_file():
         bank = MemoryBank.load(source, detector)
         logger.info("Loaded the memory bank %s (%s)", source, ", ".join(bank.class_names))
+        return bank
+    root = data_path if data_path is not None else "."
+    if source.isdigit():
+        if data_path is None:
+            raise ValueError("K normal references per class need a dataset (--data_path)")
+        references = normal_references(load_samples(data_path, split=split), int(source), seed=seed)
     else:
-        if source.isdigit():
-            samples = load_samples(args.data_path, split=args.reference_split)
-            references = normal_references(samples, int(source), seed=args.reference_seed)
-        else:
-            references = folder_references(source, args.class_name)
-        bank = MemoryBank.build(detector, references, args.data_path, batch_size=args.batch_size,
-                                num_workers=args.num_workers, precision=args.precision)
-    if args.save_reference_bank:
-        bank.save(args.save_reference_bank)
-    return bank
+        references = folder_references(source, class_name)
+    return MemoryBank.build(detector, references, root, batch_size=batch_size, num_workers=num_workers,
+                            precision=precision)

@@ -1,27 +1,35 @@
-"""The training loop every method stage runs: epochs, mixed precision, logs, checkpoints, resume.
+"""The training loop every method stage runs, in pieces: restore, step, end of epoch, save.
 
-A method supplies a ``step`` function (batch -> named losses, ``"loss"`` being the total to
-minimise) and its optimiser; :func:`fit_stage` does the rest identically for all methods.
+A method's recipe (``methods/<name>/training.py``) builds its data loader, optimiser and a
+``step`` function (batch -> named losses, ``"loss"`` being the total to minimise) and calls
+:func:`fit_stage` once per stage; :func:`anomaly_clip.fit` runs the recipe of any method with a
+:class:`~anomaly_clip.engine.config.TrainConfig`.
 
 Under ``torchrun`` each process steps on its part of every global batch and one all-reduce
 turns the parts' gradients into those of the global batch's mean loss (weighted by part size),
 so every process takes the same optimiser step as a single process on the global batch would.
-Rank 0 alone writes checkpoints and logs.
+Rank 0 alone writes checkpoints, logs and the per-epoch metrics file (``metrics.jsonl``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_save, checkpoint_payload
+from ..data.formats import load_samples
+from ..data.pseudo_anomaly import PseudoAnomalies
+from ..data.records import Sample
+from .checkpoint import atomic_save, checkpoint_payload, initialise_from_checkpoint
+from .config import TrainConfig
 from .detector import AnomalyDetector
 from .distributed import (all_gather_objects, average_gradients, barrier, broadcast_gradients,
                           broadcast_parameters, is_distributed, is_main_process)
@@ -30,6 +38,7 @@ from .precision import autocast, autocast_dtype
 logger = logging.getLogger(__name__)
 
 StepFunction = Callable[[Dict[str, Any]], Dict[str, torch.Tensor]]
+METRICS_FILE = "metrics.jsonl"
 
 
 def seed_everything(seed: int) -> None:
@@ -52,6 +61,44 @@ def batch_length(batch: Dict[str, Any]) -> int:
 
 
 @dataclass
+class TrainingData:
+    """Training samples of a dataset root (any metadata the data package reads), and the
+    pseudo-anomalies to paint on its normal images (None: train on the data as it is).
+
+    Each method builds its own datasets from it (transforms, augmentation, few-shot subsets).
+    """
+
+    samples: Sequence[Sample]
+    root: str
+    pseudo_anomalies: Optional[PseudoAnomalies] = None
+
+    @classmethod
+    def from_folder(cls, root: str | os.PathLike, split: str = "test", metadata: Optional[str] = None,
+                    pseudo_anomalies: Optional[PseudoAnomalies] = None) -> "TrainingData":
+        """The ``split`` of the dataset at ``root`` (AnomalyCLIP trains on the auxiliary dataset's
+        test split, where the anomalies and masks are)."""
+        return cls(load_samples(str(root), split=split, metadata=metadata), str(root), pseudo_anomalies)
+
+
+TrainData = Union[TrainingData, Dataset, str, os.PathLike]
+"""What :func:`anomaly_clip.fit` accepts: :class:`TrainingData`, a dataset root (its test split),
+or a ready ``Dataset`` of training items (used as it is by every stage)."""
+
+
+def initialise(detector: AnomalyDetector, config: TrainConfig) -> None:
+    """Load the learnt weights of ``config.init_checkpoint`` (if any) into ``detector``."""
+    if config.init_checkpoint:
+        initialise_from_checkpoint(detector, config.init_checkpoint)
+
+
+def training_data(data: TrainData) -> Union[TrainingData, Dataset]:
+    """A dataset root becomes :class:`TrainingData` of its test split; anything else is returned."""
+    if isinstance(data, (str, os.PathLike)):
+        return TrainingData.from_folder(data)
+    return data
+
+
+@dataclass
 class StageResult:
     """Per-epoch mean losses of a finished stage and the checkpoint files written."""
 
@@ -59,7 +106,15 @@ class StageResult:
     checkpoints: List[Path] = field(default_factory=list)
 
 
-def _resume_path(output_dir: Path, stage: str) -> Path:
+@dataclass
+class TrainResult:
+    """What a training run produced: each stage's result and the checkpoint of the finished model."""
+
+    stages: Dict[str, StageResult]
+    final_checkpoint: Path
+
+
+def resume_path(output_dir: Path, stage: str) -> Path:
     return output_dir / f"{stage + '_' if stage else ''}last.pth"
 
 
@@ -78,112 +133,131 @@ def final_checkpoint(output_dir: str | os.PathLike, stage: str = "") -> Optional
     return epochs[max(epochs)] if epochs else None
 
 
-def fit_stage(
-    detector: AnomalyDetector,
-    loader: Iterable[Dict[str, Any]],
-    optimizer: torch.optim.Optimizer,
-    step: StepFunction,
-    epochs: int,
-    output_dir: str | os.PathLike,
-    stage: str = "",
-    scheduler: Optional[Any] = None,
-    save_freq: int = 1,
-    print_freq: int = 1,
-    resume: bool = False,
-    precision: str = "auto",
-    export_official: bool = False,
-    run_settings: Optional[Dict[str, Any]] = None,
-) -> StageResult:
-    """Train for ``epochs`` epochs, logging mean losses and checkpointing every ``save_freq``.
+class StageLoop:
+    """One training stage: :meth:`restore` (resume), :meth:`step` (one optimiser step),
+    :meth:`end_epoch` (mean losses, log, metrics file) and :meth:`save` (checkpoints), run by
+    :meth:`run`. The scheduler, if any, steps once per iteration."""
 
-    Each checkpoint is written atomically in our format (with optimiser state for ``resume``);
-    ``export_official`` also writes the reference code's files beside it. The scheduler, if
-    any, steps once per iteration.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    distributed = is_distributed()
-    whole_batches = getattr(loader, "whole_batches", None)
-    if distributed and whole_batches is None:
-        raise TypeError("training under torchrun needs an EpochLoader, which splits every global batch "
-                        "across the processes")
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    device = detector.device
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, precision) == torch.float16)
-    start_epoch = 0
-    resume_file = _resume_path(output_dir, stage)
-    if resume and resume_file.is_file():
-        state = torch.load(resume_file, map_location="cpu", weights_only=False)
-        detector.load_trainable_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        start_epoch = int(state["epoch"])
-        logger.info("Resumed stage %r from %s at epoch %d", stage or "train", resume_file, start_epoch)
-    elif resume:
-        logger.info("No checkpoint to resume at %s; starting from scratch", resume_file)
-    broadcast_parameters(parameters)
+    def __init__(self, detector: AnomalyDetector, loader: Iterable[Dict[str, Any]], optimizer: torch.optim.Optimizer,
+                 step: StepFunction, epochs: int, config: TrainConfig, stage: str = "",
+                 scheduler: Optional[Any] = None):
+        self.detector, self.loader, self.optimizer, self.step_function = detector, loader, optimizer, step
+        self.epochs, self.config, self.stage, self.scheduler = epochs, config, stage, scheduler
+        self.label = stage or "train"
+        self.output_dir = Path(config.save_path)
+        self.distributed = is_distributed()
+        self.whole_batches = getattr(loader, "whole_batches", None)
+        if self.distributed and self.whole_batches is None:
+            raise TypeError("training under torchrun needs an EpochLoader, which splits every global batch "
+                            "across the processes")
+        self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self.device = detector.device
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=autocast_dtype(self.device, config.precision) == torch.float16)
 
-    result = StageResult()
-    label = stage or "train"
-    for epoch in range(start_epoch, epochs):
-        detector.train()
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        sums: Dict[str, float] = {}
-        batches = 0
-        progress = tqdm(loader, desc=f"{label} epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True,
-                        disable=not is_main_process())
-        for batch in progress:
-            batch = move_batch(batch, device)
-            count = batch_length(batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses: Dict[str, torch.Tensor] = {}
-            total = torch.zeros((), device=device)
-            if count:
-                with autocast(device, precision):
-                    losses = step(batch)
-                total = losses["loss"].detach()
-                scaler.scale(losses["loss"]).backward()
-            else:
-                scaler.scale(total)  # a process with an empty part still needs the scaler set up to step
-            share = 1.0
-            if distributed and whole_batches:
-                broadcast_gradients(parameters)
-            elif distributed:
-                total, global_count = average_gradients(parameters, count, total)
-                share = count / global_count
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"{label}: loss became {total.item()} at epoch {epoch + 1}")
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + share * float(value.detach())
-            batches += 1
-            progress.set_postfix(loss=f"{float(total):.4f}")
+    def restore(self) -> int:
+        """The epoch to start from: that of the stage's last checkpoint with ``resume``, else 0."""
+        start_epoch = 0
+        resume_file = resume_path(self.output_dir, self.stage)
+        if self.config.resume and resume_file.is_file():
+            state = torch.load(resume_file, map_location="cpu", weights_only=False)
+            self.detector.load_trainable_state_dict(state["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            np.random.set_state(state["rng"]["numpy"])
+            random.setstate(state["rng"]["python"])
+            start_epoch = int(state["epoch"])
+            logger.info("Resumed stage %r from %s at epoch %d", self.label, resume_file, start_epoch)
+        elif self.config.resume:
+            logger.info("No checkpoint to resume at %s; starting from scratch", resume_file)
+        broadcast_parameters(self.parameters)
+        return start_epoch
+
+    def step(self, batch: Dict[str, Any], epoch: int) -> tuple:
+        """One optimiser step on ``batch``: (losses, global mean loss, this process's share of it)."""
+        config, device = self.config, self.device
+        batch = move_batch(batch, device)
+        count = batch_length(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses: Dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=device)
+        if count:
+            with autocast(device, config.precision):
+                losses = self.step_function(batch)
+            total = losses["loss"].detach()
+            self.scaler.scale(losses["loss"]).backward()
+        else:
+            self.scaler.scale(total)  # a process with an empty part still needs the scaler set up to step
+        share = 1.0
+        if self.distributed and self.whole_batches:
+            broadcast_gradients(self.parameters)
+        elif self.distributed:
+            total, global_count = average_gradients(self.parameters, count, total)
+            share = count / global_count
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"{self.label}: loss became {total.item()} at epoch {epoch + 1}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return losses, total, share
+
+    def end_epoch(self, epoch: int, sums: Dict[str, float], batches: int) -> Dict[str, float]:
+        """Mean losses of the epoch (over every process), logged and appended to the metrics file."""
         if batches == 0:
-            raise ValueError(f"{label}: the training loader yielded no batch")
-        if distributed and not whole_batches:
+            raise ValueError(f"{self.label}: the training loader yielded no batch")
+        if self.distributed and not self.whole_batches:
             sums = _sum_over_processes(sums)
         means = {name: value / batches for name, value in sums.items()}
         means["epoch"] = epoch + 1
-        result.history.append(means)
-        if (epoch + 1) % print_freq == 0:
+        if (epoch + 1) % self.config.print_freq == 0:
             parts = ", ".join(f"{name}:{value:.4f}" for name, value in means.items() if name != "epoch")
-            logger.info("%s epoch [%d/%d], %s", label, epoch + 1, epochs, parts)
-        if (epoch + 1) % save_freq == 0 or epoch + 1 == epochs:
-            path = checkpoint_path(output_dir, stage, epoch + 1)
-            if is_main_process():
-                _save_epoch(detector, optimizer, scheduler, output_dir, stage, epoch + 1, export_official,
-                            run_settings)
-            barrier()
-            result.checkpoints.append(path)
-    return result
+            logger.info("%s epoch [%d/%d], %s", self.label, epoch + 1, self.epochs, parts)
+        if is_main_process():
+            with (self.output_dir / METRICS_FILE).open("a") as handle:
+                handle.write(json.dumps({"stage": self.label, **means}) + "\n")
+        return means
+
+    def save(self, epoch: int) -> Path:
+        """Checkpoint the finished ``epoch`` (rank 0 writes; every process waits for it)."""
+        path = checkpoint_path(self.output_dir, self.stage, epoch + 1)
+        if is_main_process():
+            save_epoch(self.detector, self.optimizer, self.scheduler, self.output_dir, self.stage, epoch + 1,
+                       self.config.export_official, self.config.run_settings)
+        barrier()
+        return path
+
+    def run(self) -> StageResult:
+        """Train from :meth:`restore`'s epoch to ``epochs``, checkpointing every ``save_freq``."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        result = StageResult()
+        for epoch in range(self.restore(), self.epochs):
+            self.detector.train()
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            sums: Dict[str, float] = {}
+            batches = 0
+            progress = tqdm(self.loader, desc=f"{self.label} epoch {epoch + 1}/{self.epochs}", leave=False,
+                            dynamic_ncols=True, disable=not is_main_process())
+            for batch in progress:
+                losses, total, share = self.step(batch, epoch)
+                for name, value in losses.items():
+                    sums[name] = sums.get(name, 0.0) + share * float(value.detach())
+                batches += 1
+                progress.set_postfix(loss=f"{float(total):.4f}")
+            result.history.append(self.end_epoch(epoch, sums, batches))
+            if (epoch + 1) % self.config.save_freq == 0 or epoch + 1 == self.epochs:
+                result.checkpoints.append(self.save(epoch))
+        return result
+
+
+def fit_stage(detector: AnomalyDetector, loader: Iterable[Dict[str, Any]], optimizer: torch.optim.Optimizer,
+              step: StepFunction, epochs: int, config: TrainConfig, stage: str = "",
+              scheduler: Optional[Any] = None) -> StageResult:
+    """Train one stage for ``epochs`` epochs (see :class:`StageLoop`)."""
+    return StageLoop(detector, loader, optimizer, step, epochs, config, stage, scheduler).run()
 
 
 def _sum_over_processes(sums: Dict[str, float]) -> Dict[str, float]:
@@ -195,9 +269,10 @@ def _sum_over_processes(sums: Dict[str, float]) -> Dict[str, float]:
     return total
 
 
-def _save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],
-                output_dir: Path, stage: str, epoch: int, export_official: bool,
-                run_settings: Optional[Dict[str, Any]]) -> Path:
+def save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],
+               output_dir: Path, stage: str, epoch: int, export_official: bool,
+               run_settings: Optional[Dict[str, Any]]) -> Path:
+    """Write the epoch's checkpoint, the stage's resume file and, on request, the official files."""
     payload = checkpoint_payload(detector, epoch=epoch, stage=stage, run_settings=run_settings or {})
     path = atomic_save(payload, checkpoint_path(output_dir, stage, epoch))
     resume_state = dict(payload)
@@ -206,7 +281,7 @@ def _save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, sch
         scheduler=scheduler.state_dict() if scheduler is not None else None,
         rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
     )
-    atomic_save(resume_state, _resume_path(output_dir, stage))
+    atomic_save(resume_state, resume_path(output_dir, stage))
     if export_official:
         for name, official in detector.official_checkpoints(epoch=epoch, stage=stage).items():
             atomic_save(official, output_dir / name)

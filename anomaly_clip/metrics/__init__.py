@@ -4,20 +4,18 @@ Image level: AUROC, AP, F1-max. Pixel level: AUROC, AP, F1-max, AUPRO (``"compat
 AnomalyCLIP's 200-threshold definition, the default, which reproduces the published tables;
 ``"exact"``: the MVTec AD benchmark's). "Not applicable" values are NaN in the functions and
 ``N/A`` / ``null`` in reports.
-"""
-from .evaluator import METRIC_SETS, AnomalyEvaluator
-from .ordering import DEFAULT_BLOCK_SIZE
-from .pixel import PixelMetrics, pixel_metrics
-from .pro import AUPRO_DEFINITIONS, AuproDefinition, aupro, get_aupro_definition, register_aupro
-from .ranking import (PositiveGroups, RankingMetrics, binary_auroc, binary_average_precision, binary_f1_max,
-                      binary_f1_max_threshold, binary_ranking_metrics, is_applicable)
-from .regions import LabelledMaps, Regions, label_regions
-from .report import ClassMetrics, MetricsReport
 
-__all__ = [
-    "AUPRO_DEFINITIONS", "AnomalyEvaluator", "AuproDefinition", "ClassMetrics", "DEFAULT_BLOCK_SIZE",
-    "LabelledMaps", "METRIC_SETS", "MetricsReport", "PixelMetrics", "PositiveGroups", "RankingMetrics", "Regions",
-    "aupro",
-    "binary_auroc", "binary_average_precision", "binary_f1_max", "binary_f1_max_threshold", "binary_ranking_metrics",
-    "get_aupro_definition", "is_applicable", "label_regions", "pixel_metrics", "register_aupro",
-]
+Names load on first use, so the published tables (:mod:`.published`) import without torch.
+"""
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "METRIC_SETS": "evaluator", "AnomalyEvaluator": "evaluator", "DEFAULT_BLOCK_SIZE": "ordering",
+    "PixelMetrics": "pixel", "pixel_metrics": "pixel", "AUPRO_DEFINITIONS": "pro", "AuproDefinition": "pro",
+    "aupro": "pro", "get_aupro_definition": "pro", "register_aupro": "pro", "PositiveGroups": "ranking",
+    "RankingMetrics": "ranking", "binary_auroc": "ranking", "binary_average_precision": "ranking",
+    "binary_f1_max": "ranking", "binary_f1_max_threshold": "ranking", "binary_ranking_metrics": "ranking",
+    "is_applicable": "ranking", "LabelledMaps": "regions", "Regions": "regions", "label_regions": "regions",
+    "ClassMetrics": "report", "MetricsReport": "report",
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -87,8 +87,10 @@ class AnomalyEvaluator:
         self._classes.clear()
 
     def update(self, class_names: Sequence[str], labels: Tensor, scores: Tensor,
-               maps: Optional[Tensor] = None, masks: Optional[Tensor] = None) -> None:
-        """Add one batch: ``labels``/``scores`` ``[N]``, ``maps``/``masks`` ``[N, H, W]`` (pixel metrics)."""
+               maps: Optional[Tensor] = None, masks: Optional[Tensor] = None,
+               map_peaks: Optional[Tensor] = None, map_floors: Optional[Tensor] = None) -> None:
+        """Add one batch: ``labels``/``scores`` ``[N]``, ``maps``/``masks`` ``[N, H, W]`` (pixel metrics);
+        ``map_peaks``/``map_floors`` ``[N]``, each map's maximum and minimum, when the caller has them."""
         class_names = list(class_names)
         count = len(class_names)
         labels = as_binary(torch.as_tensor(labels), "labels").reshape(-1)
@@ -108,8 +110,10 @@ class AnomalyEvaluator:
         if self.class_score_transform is not None:
             if maps is None:
                 raise ValueError("class_score_transform needs the maps of every batch")
-            flat = torch.as_tensor(maps).reshape(count, -1)
-            peaks, floors = flat.amax(dim=1), flat.amin(dim=1)
+            if map_peaks is None or map_floors is None:
+                flat = torch.as_tensor(maps).reshape(count, -1)
+                map_peaks, map_floors = flat.amax(dim=1), flat.amin(dim=1)
+            peaks, floors = map_peaks, map_floors
         for name in dict.fromkeys(class_names):
             index = [i for i, other in enumerate(class_names) if other == name]
             data = self._classes.setdefault(name, ClassData())

@@ -1,13 +1,12 @@
-"""AA-CLIP: two-stage residual adapters (text, then image) with a disentangle loss."""
-from ...engine.registry import register_method
-from .config import AAClipConfig, AAClipTrainSettings, AdaptedImageConfig
-from .flags import AAClipFlags, AdaptedImageFlags
-from .model import (AAClipDetector, AdaptedImageDetector, disentangle_loss, fuse_class_scores, similarity_logits,
-                    stage1_patch_features)
-from .training import train_aaclip, train_image_stage, train_text_stage
+"""AA-CLIP: two-stage residual adapters (text, then image) with a disentangle loss.
 
-METHOD = register_method("aaclip", AAClipDetector, AAClipFlags())
+Names load on first use, so the settings (:mod:`.config`) import without torch.
+"""
+from ...lazy import lazy_exports
 
-__all__ = ["AAClipConfig", "AAClipTrainSettings", "AdaptedImageConfig", "AAClipFlags", "AdaptedImageFlags",
-           "AAClipDetector", "AdaptedImageDetector", "disentangle_loss", "fuse_class_scores", "similarity_logits",
-           "stage1_patch_features", "train_aaclip", "train_image_stage", "train_text_stage", "METHOD"]
+_EXPORTS = {"AAClipConfig": "config", "AAClipTraining": "config", "AdaptedImageConfig": "config",
+            "ImageStageTraining": "config", "AAClipDetector": "model", "AdaptedImageDetector": "model",
+            "disentangle_loss": "model", "fuse_class_scores": "model", "similarity_logits": "model",
+            "stage1_patch_features": "model", "train": "training", "train_image_stage": "training",
+            "train_text_stage": "training"}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -63,7 +63,7 @@ class ResidualAdapters(nn.Module):
 
 
 def xavier_init(module: nn.Module) -> None:
-    """Xavier-uniform every weight matrix, as the reference code initialises its adapters."""
+    """Xavier-uniform every weight matrix, as the official code initialises its adapters."""
     for parameter in module.parameters():
         if parameter.dim() > 1:
             nn.init.xavier_uniform_(parameter)
@@ -84,15 +84,15 @@ class ImageAdapter(nn.Module):
     """Residual adapters on the first visual blocks, one patch projection per feature level and a
     detection projection whose normalised patch outputs, averaged, give the image feature."""
 
-    def __init__(self, vision_width: int, embed_dim: int, levels: Sequence[int], count: int = 6,
+    def __init__(self, vision_width: int, embed_dim: int, features_list: Sequence[int], count: int = 6,
                  weight: float = 0.1, activation: bool = False):
         super().__init__()
-        if not levels:
+        if not features_list:
             raise ValueError("the image adapter needs at least one feature level")
-        self.levels: Tuple[int, ...] = tuple(int(level) for level in levels)
+        self.features_list: Tuple[int, ...] = tuple(int(level) for level in features_list)
         self.blocks = ResidualAdapters(vision_width, count, weight)
         self.level_projections = nn.ModuleList(
-            TokenProjection(vision_width, embed_dim, activation) for _ in self.levels
+            TokenProjection(vision_width, embed_dim, activation) for _ in self.features_list
         )
         self.detection_projection = TokenProjection(vision_width, embed_dim, activation)
         xavier_init(self)
@@ -104,8 +104,8 @@ class ImageAdapter(nn.Module):
         The detection feature is the mean of unit vectors and is deliberately not renormalised
         (image scores and the classification loss are computed on it as is).
         """
-        if len(level_patches) != len(self.levels):
-            raise ValueError(f"expected {len(self.levels)} feature levels, got {len(level_patches)}")
+        if len(level_patches) != len(self.features_list):
+            raise ValueError(f"expected {len(self.features_list)} feature levels, got {len(level_patches)}")
         patch_features = [F.normalize(projection(tokens), dim=-1)
                           for projection, tokens in zip(self.level_projections, level_patches)]
         detection = F.normalize(self.detection_projection(level_patches[-1]), dim=-1).mean(dim=1)

@@ -6,24 +6,25 @@ anchors towards orthogonality. Stage 2 freezes those anchors and adapts the imag
 its patch and image features align with them. Inference compares adapted patch features with
 the class's anchors at four depths and blurs the low-resolution maps before upsampling.
 
-Defaults follow the reference code (see the method's documentation page for where it differs
+Defaults follow the official code (see the method's documentation page for where it differs
 from the paper and which options give the paper's variant).
 """
 from __future__ import annotations
 
+import math
 import logging
 import re
 from abc import abstractmethod
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ...clip.backbone import CLIPBackbone
 from ...clip.blocks import block_attention, mlp_residual, run_block
 from ...clip.dpam import DPAMConfig, encode_image
 from ...data.registry import UnknownDatasetError, get_dataset_info
-from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction, parameter_state
+from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction
 from ...engine.losses import classification_loss, segmentation_loss
 from ...engine.precision import float32_einsum
 from ...engine.smoothing import gaussian_blur
@@ -56,7 +57,7 @@ def anchor_products(features: torch.Tensor, anchors: torch.Tensor, equation: str
 def similarity_logits(patch_features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """``100 * cos`` of (B, N, E) unit patch features with (B, E, 2) anchors, as (B, 2, h, w)."""
     batch, patches, _ = patch_features.shape
-    side = int(round(patches ** 0.5))
+    side = math.isqrt(int(patches))
     if side * side != patches:
         raise ValueError(f"{patches} patch features do not form a square grid")
     logits = SIMILARITY_SCALE * anchor_products(patch_features, anchors, "bne,bek->bkn")
@@ -101,7 +102,7 @@ def disentangle_loss(anchors: torch.Tensor) -> torch.Tensor:
 
 
 def _rescale(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """The reference evaluation's rescaling to [0, 1] by min and max, skipped when the max is already 1."""
+    """The official evaluation's rescaling to [0, 1] by min and max, skipped when the max is already 1."""
     if bool(high == 1):
         return values
     return (values - low) / (high - low).clamp_min(torch.finfo(values.dtype).tiny)
@@ -122,7 +123,7 @@ def fuse_scores(scores: torch.Tensor, map_peaks: torch.Tensor, score_range: Tupl
 
 def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
                       domain: str) -> torch.Tensor:
-    """Image scores of one class as the reference evaluation computes them.
+    """Image scores of one class as the official evaluation computes them.
 
     Scores and maps are min-max rescaled over the whole class, then fused (:func:`fuse_scores`).
     Only each map's maximum (``map_peaks``) and minimum (``map_floors``) are needed, so no map is
@@ -137,7 +138,7 @@ def fuse_class_scores(scores: torch.Tensor, map_peaks: torch.Tensor, map_floors:
 
 def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tensor:
     """A block whose attention is V-V, MLP kept; ``axis="batch"`` attends across the images of
-    the batch at each token position (what the reference stage-1 extractor computes, because its
+    the batch at each token position (what the official stage-1 extractor computes, because its
     replacement attention receives sequence-first tensors), ``"tokens"`` across an image's tokens."""
     normed = block.ln_1(x)
     if axis == "batch":
@@ -148,7 +149,7 @@ def _vv_block(block: torch.nn.Module, x: torch.Tensor, axis: str) -> torch.Tenso
     return mlp_residual(block, x + attended)
 
 
-def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: Sequence[int],
+def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, features_list: Sequence[int],
                           dpam_layers: int = 20, vv_axis: str = "batch") -> List[torch.Tensor]:
     """Frozen visual features that supervise the text stage, one (B, N, E) tensor per level.
 
@@ -159,10 +160,10 @@ def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: 
     if vv_axis not in VV_AXES:
         raise ValueError(f"vv_axis must be one of {VV_AXES}, got {vv_axis!r}")
     blocks = backbone.visual.transformer.resblocks
-    first = DPAMConfig(layers=dpam_layers, structure="single").first_block(len(blocks))
-    wanted = set(int(level) for level in levels)
+    first = DPAMConfig(dpam_layers=dpam_layers, structure="single").first_block(len(blocks))
+    wanted = set(int(level) for level in features_list)
     if not wanted or not all(1 <= level <= len(blocks) for level in wanted):
-        raise ValueError(f"levels {sorted(wanted)} outside 1..{len(blocks)}")
+        raise ValueError(f"features_list {sorted(wanted)} outside 1..{len(blocks)}")
     plain = backbone.embed_image(images)
     tokens: Dict[int, torch.Tensor] = {}
     for index in range(first):
@@ -183,34 +184,29 @@ def stage1_patch_features(backbone: CLIPBackbone, images: torch.Tensor, levels: 
 class AdaptedImageDetector(AnomalyDetector):
     """AA-CLIP's image side against normal/abnormal text anchors from any source.
 
-    Subclasses provide :meth:`compute_anchors` (differentiable anchors of anchor keys),
-    :meth:`anchor_keys` (a batch's class names -> keys) and :meth:`anchor_parameters` (the
-    trainable text-side parameters whose changes invalidate cached anchors).
+    Subclasses provide :meth:`compute_anchors` (differentiable anchors of anchor keys) and
+    :meth:`anchor_keys` (a batch's class names -> keys). Fixed anchors live in the buffer
+    :attr:`anchor_bank` (one row per key seen so far, computed on first use); it is emptied by
+    :meth:`text_parts_changed` (after loading weights, after a text stage, on leaving training).
     """
 
     config_class = AdaptedImageConfig
     mask_interpolation = "nearest"
-    final_stage = "image"
 
     def __init__(self, backbone: CLIPBackbone, config: AdaptedImageConfig):
         super().__init__(backbone, config)
-        if config.levels[-1] > backbone.num_visual_blocks:
-            raise ValueError(f"levels {config.levels} exceed the {backbone.num_visual_blocks} visual blocks")
+        if config.features_list[-1] > backbone.num_visual_blocks:
+            raise ValueError(f"features_list {config.features_list} exceed the {backbone.num_visual_blocks} "
+                             "visual blocks")
         if config.image_adapt_until > backbone.num_visual_blocks:
             raise ValueError(f"image_adapt_until {config.image_adapt_until} exceeds the "
                              f"{backbone.num_visual_blocks} visual blocks")
-        self.image_adapter = ImageAdapter(backbone.vision_width, backbone.embed_dim, config.levels,
+        self.image_adapter = ImageAdapter(backbone.vision_width, backbone.embed_dim, config.features_list,
                                           config.image_adapt_until, config.image_adapt_weight,
                                           config.relu).to(backbone.device)
-        self._anchor_cache: Dict[tuple, torch.Tensor] = {}
+        self.register_buffer("anchor_bank", torch.empty(0, device=backbone.device), persistent=False)
+        self.anchor_rows: Dict[str, int] = {}
         self._warned_uncalibrated = False
-
-    @classmethod
-    def default_backbone_config(cls) -> BackboneConfig:
-        """The official code builds exact-GELU ViT-L/14-336 and resizes positions through its
-        open_clip copy: bicubic with antialiasing (checkpoints of ours written before this rule
-        record plain "bicubic" and keep it)."""
-        return BackboneConfig(activation="gelu", pos_embed_interpolation="bicubic_antialias")
 
     # ---- anchors -----------------------------------------------------------------------------
     @abstractmethod
@@ -221,38 +217,38 @@ class AdaptedImageDetector(AnomalyDetector):
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         """The anchor key of each class name of a batch."""
 
-    @abstractmethod
-    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
-        """Parameters the anchors depend on."""
-
-    def _anchor_state(self) -> tuple:
-        return (self.device,) + parameter_state(self.anchor_parameters())
+    def text_parts_changed(self) -> None:
+        """Empty :attr:`anchor_bank`: the anchors are recomputed from the text side on next use."""
+        self.anchor_bank = torch.empty(0, device=self.device)
+        self.anchor_rows = {}
 
     def anchors_for(self, class_names: Optional[Sequence[str]], batch_size: int) -> torch.Tensor:
-        """Fixed anchors (B, E, 2) for a batch's class names, cached while the text side is
-        unchanged (in-place updates and loads change its parameters' versions)."""
+        """Fixed anchors (B, E, 2) for a batch's class names (``None``: the generic class), rows of
+        :attr:`anchor_bank`; keys not in the bank yet are computed together and appended."""
         names = list(class_names) if class_names is not None else [GENERIC_CLASS] * batch_size
         if len(names) != batch_size:
             raise ValueError(f"got {len(names)} class names for {batch_size} images")
         keys = self.anchor_keys(names)
-        state = self._anchor_state()
-        missing = [k for k in dict.fromkeys(keys) if (state, k) not in self._anchor_cache]
+        missing = [k for k in dict.fromkeys(keys) if k not in self.anchor_rows]
         if missing:
-            if any(cached[0] != state for cached in self._anchor_cache):
-                self._anchor_cache = {}
             with torch.no_grad():
-                anchors = self.compute_anchors(missing).float()
+                anchors = self.compute_anchors(missing).float().to(self.device)
             logger.info("Text anchors computed for %s", ", ".join(repr(k) for k in missing))
-            self._anchor_cache.update({(state, k): a for k, a in zip(missing, anchors)})
-        return torch.stack([self._anchor_cache[(state, k)] for k in keys])
+            self.anchor_rows.update({k: len(self.anchor_rows) + i for i, k in enumerate(missing)})
+            self.anchor_bank = anchors if self.anchor_bank.numel() == 0 else torch.cat([self.anchor_bank, anchors])
+        if class_names is None:  # one generic pair broadcast (any batch size, also when traced)
+            row = self.anchor_rows[keys[0]]
+            return self.anchor_bank[row:row + 1].expand(batch_size, -1, -1)
+        rows = torch.tensor([self.anchor_rows[k] for k in keys], device=self.anchor_bank.device)
+        return self.anchor_bank[rows]
 
     # ---- image side ------------------------------------------------------------------------
     def encode_image_features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor]:
         """Adapted unit patch features per level (B, N, E) and the (B, E) detection feature."""
-        features = encode_image(self.backbone, images, layers=self.config.levels,
+        features = encode_image(self.backbone, images, self.config.features_list,
                                 after_block=self.image_adapter.blocks.after_block)
         ln_post = self.backbone.visual.ln_post
-        patches = [ln_post(features.layer_tokens[level][:, 1:]) for level in self.config.levels]
+        patches = [ln_post(features.layer_tokens[level][:, 1:]) for level in self.config.features_list]
         return self.image_adapter(patches)
 
     def blur_parameters(self) -> Tuple[int, float]:
@@ -272,7 +268,7 @@ class AdaptedImageDetector(AnomalyDetector):
             return DEFAULT_DOMAIN
         return domain
 
-    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+    def forward_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
                                     ) -> Tuple[Prediction, PatchFeatures]:
         """Detection scores (B,) ``(det . t_abnormal + 1) / 2``, about [0, 1]; maps (B, S, S) summed
         over levels of the blurred ``(100 cos_abnormal + 1 - 100 cos_normal) / 2``: unbounded and
@@ -285,15 +281,12 @@ class AdaptedImageDetector(AnomalyDetector):
             kernel, sigma = self.blur_parameters()
             maps = anomaly_maps(patch_features, anchors, images.shape[-1], kernel, sigma)
             scores = detection_scores(detection, anchors)
-        return Prediction(scores=scores.float(), maps=maps.float()), dict(zip(self.config.levels, patch_features))
-
-    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
-        return self.predict_with_patch_features(images, class_names)[0]
+        return Prediction(scores=scores.float(), maps=maps.float()), dict(zip(self.config.features_list, patch_features))
 
     def patch_features(self, images: torch.Tensor) -> PatchFeatures:
         with torch.no_grad():
             patch_features, _ = self.encode_image_features(images.to(self.device))
-        return dict(zip(self.config.levels, patch_features))
+        return dict(zip(self.config.features_list, patch_features))
 
     def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
         """Blur on the grid, upsample and sum over levels, as the text maps (:func:`anomaly_maps`)."""
@@ -317,7 +310,7 @@ class AdaptedImageDetector(AnomalyDetector):
 
     def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
                      statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
-        """The fused score of the reference evaluation with the calibration's fixed ranges in
+        """The fused score of the official evaluation with the calibration's fixed ranges in
         place of each class's min/max; without calibration statistics the detection score alone."""
         if self.config.image_score == "detection":
             return scores
@@ -388,12 +381,6 @@ class AAClipDetector(AdaptedImageDetector):
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         return [self.describe(name) for name in class_names]
 
-    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.text_adapter.parameters()
-
-    def _anchor_state(self) -> tuple:
-        return (self.config.adapt_text,) + super()._anchor_state()
-
     # ---- training ----------------------------------------------------------------------------
     def text_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, class_names: Sequence[str],
                         disentangle_weight: float = 0.1, dpam_layers: int = 20, vv_axis: str = "batch",
@@ -402,7 +389,7 @@ class AAClipDetector(AdaptedImageDetector):
         ``weight * (mean over the batch of <t_normal, t_abnormal>)^2``."""
         if loss_levels not in TEXT_LOSS_LEVELS:
             raise ValueError(f"loss_levels must be one of {TEXT_LOSS_LEVELS}, got {loss_levels!r}")
-        levels = self.config.levels[-1:] if loss_levels == "last" else self.config.levels
+        levels = self.config.features_list[-1:] if loss_levels == "last" else self.config.features_list
         with torch.no_grad():
             features = stage1_patch_features(self.backbone, images, levels, dpam_layers, vv_axis)
         descriptions = self.anchor_keys(class_names)
@@ -415,13 +402,14 @@ class AAClipDetector(AdaptedImageDetector):
         return {"loss": segmentation + disentangle_weight * disentangle, "segmentation": segmentation,
                 "disentangle": disentangle}
 
-    # ---- reference checkpoints -------------------------------------------------------------
+    # ---- official checkpoints -------------------------------------------------------------
     @classmethod
-    def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
-        return official.read_checkpoint(path)
+    def read_official_checkpoint(cls, path: str, contents: Optional[Dict[str, Any]] = None
+                                 ) -> Optional[Dict[str, Any]]:
+        return official.read_checkpoint(path, contents)
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        """Load reference adapter weights; the projection activation (``--relu``) is read from
+        """Load official adapter weights; the projection activation (``--relu``) is read from
         the file's keys, the adapter counts must match the configuration."""
         image_state = dict(checkpoint["image_adapter"])
         relu = any(re.fullmatch(r"seg_proj\.\d+\.fc\.0\.weight", key) for key in image_state)
@@ -433,15 +421,15 @@ class AAClipDetector(AdaptedImageDetector):
         self.image_adapter.load_state_dict(official.image_state_from_official(image_state, self.config), strict=True)
         text_state = checkpoint.get("text_adapter")
         if text_state is None:
-            logger.info("No reference text adapter: anchors use plain CLIP text features")
+            logger.info("No official text adapter: anchors use plain CLIP text features")
             self.config.adapt_text = False
         else:
             self.text_adapter.load_state_dict(official.text_state_from_official(dict(text_state), self.config), strict=True)
             self.config.adapt_text = True
-        self._anchor_cache = {}
+        self.text_parts_changed()
 
     def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
-        """Reference files of ``stage`` ("text", "image", or "" for both)."""
+        """Official files of ``stage`` ("text", "image", or "" for both)."""
         files: Dict[str, Dict[str, Any]] = {}
         if stage in ("", "text") and self.config.adapt_text:
             files[official.TEXT_FILE] = {"epoch": epoch, "text_adapter": official.official_text_state(self.text_adapter)}

@@ -1,7 +1,7 @@
-"""AA-CLIP's reference checkpoint files: ``text_adapter.pth`` and ``image_adapter[_N].pth``.
+"""AA-CLIP's official checkpoint files: ``text_adapter.pth`` and ``image_adapter[_N].pth``.
 
-Reading converts the reference key layout into our adapters' names; writing does the reverse,
-so released adapter folders load as they are and our training can be read by the reference code.
+Reading converts the official key layout into our adapters' names; writing does the reverse,
+so released adapter folders load as they are and our training can be read by the official code.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ IMAGE_FILE = "image_adapter.pth"
 IMAGE_EPOCH_FILE = re.compile(r"^image_adapter_(\d+)\.pth$")
 
 
-def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
-    """Read the reference code's adapter files: a folder holding ``text_adapter.pth`` and
+def read_checkpoint(path: str, contents: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """Read the official code's adapter files: a folder holding ``text_adapter.pth`` and
     ``image_adapter.pth`` / ``image_adapter_{epoch}.pth`` (the plain file, else the latest
-    epoch), or one of those files (the text adapter beside an image file is picked up)."""
+    epoch), or one of those files, whose dictionary ``contents`` may already have been read (the
+    text adapter beside an image file is picked up). None when ``path`` is none of these."""
     location = Path(path)
     if location.is_dir():
         image_file = _latest_image_file(location)
@@ -35,7 +36,7 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
         return _official_payload(image_file, text_file if text_file.is_file() else None)
     if not location.is_file():
         return None
-    contents = _read_torch_dict(location)
+    contents = dict(contents) if contents is not None else _read_torch_dict(location)
     if contents is None or "format" in contents:
         return None
     if "image_adapter" in contents:
@@ -50,7 +51,7 @@ def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
 def _read_torch_dict(path: Path) -> Optional[Dict[str, Any]]:
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not a reference file
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not an official file
         return None
     return contents if isinstance(contents, dict) else None
 
@@ -81,7 +82,7 @@ def _check_keys(found: Mapping[str, Any], expected: Sequence[str], what: str, hi
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"reference {what} does not fit this configuration ({hint}): "
+        raise ValueError(f"official {what} does not fit this configuration ({hint}): "
                          f"missing {missing[:6]}, unexpected {unexpected[:6]}")
 
 
@@ -90,7 +91,7 @@ def _projection_key(prefix: str, relu: bool) -> str:
 
 
 def official_text_state(adapter: TextAdapter) -> Dict[str, torch.Tensor]:
-    """Text adapter in the reference layout: adapters ``{i}.fc.0.weight``, then the projection."""
+    """Text adapter in the official layout: adapters ``{i}.fc.0.weight``, then the projection."""
     state = {f"{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
     state[f"{len(adapter.blocks)}.fc.0.weight"] = adapter.projection.linear.weight
     return {k: v.detach().cpu().clone() for k, v in state.items()}
@@ -106,7 +107,7 @@ def text_state_from_official(state: Mapping[str, torch.Tensor], config: AAClipCo
 
 
 def official_image_state(adapter: ImageAdapter, relu: bool) -> Dict[str, torch.Tensor]:
-    """Image adapter in the reference layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
+    """Image adapter in the official layout (``layer_adapters``, ``seg_proj``, ``det_proj``)."""
     state = {f"layer_adapters.{i}.fc.0.weight": a.linear.weight for i, a in enumerate(adapter.blocks.adapters)}
     state.update({_projection_key(f"seg_proj.{i}", relu): p.linear.weight
                   for i, p in enumerate(adapter.level_projections)})
@@ -115,7 +116,7 @@ def official_image_state(adapter: ImageAdapter, relu: bool) -> Dict[str, torch.T
 
 
 def image_state_from_official(state: Mapping[str, torch.Tensor], config: AdaptedImageConfig) -> Dict[str, torch.Tensor]:
-    count, levels, relu = config.image_adapt_until, len(config.levels), config.relu
+    count, levels, relu = config.image_adapt_until, len(config.features_list), config.relu
     adapters = {f"layer_adapters.{i}.fc.0.weight": f"blocks.adapters.{i}.linear.weight" for i in range(count)}
     projections = {_projection_key(f"seg_proj.{i}", relu): f"level_projections.{i}.linear.weight"
                    for i in range(levels)}

@@ -1,7 +1,7 @@
 """AA-CLIP training: stage 1 adapts the text tower, stage 2 the image tower against fixed anchors.
 
 Both stages run through :func:`anomaly_clip.engine.training.fit_stage` (mixed precision, atomic
-checkpoints, resume, reference-format export); each stage resumes on its own, so an interrupted
+checkpoints, resume, official-format export); each stage resumes on its own, so an interrupted
 run continues where it stopped.
 
 Under ``torchrun`` the image stage splits every global batch across the processes. The text
@@ -25,10 +25,12 @@ from ...data.dataset import AnomalyDataset
 from ...data.fewshot import few_shot_subset
 from ...engine.distributed import get_world_size
 from ...data.pseudo_anomaly import PseudoAnomalies, apply_pseudo_anomalies, require_anomalies
+from ...engine.config import TrainConfig
 from ...engine.feature_cache import EpochLoader
-from ...engine.training import StageResult, checkpoint_path, fit_stage, seed_everything
-from .config import AAClipTrainSettings
-from .model import AAClipDetector
+from ...engine.training import (StageResult, TrainData, TrainResult, TrainingData, checkpoint_path, fit_stage,
+                                initialise, seed_everything, training_data)
+from .config import AAClipTraining, ImageStageTraining
+from .model import AAClipDetector, AdaptedImageDetector
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +41,13 @@ def _masks(batch: Dict[str, Any]) -> torch.Tensor:
     return (batch["mask"] > 0.5).float()
 
 
-def train_text_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str | Path,
-                     settings: AAClipTrainSettings, num_workers: int = 0, resume: bool = False,
-                     precision: str = "auto", export_official: bool = True, save_freq: int = 1,
-                     print_freq: int = 1, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
+def train_text_stage(detector: AAClipDetector, dataset: Dataset, config: TrainConfig,
+                     settings: AAClipTraining) -> StageResult:
     """Stage 1: train the text adapter (Adam, no schedule) on segmentation + disentangle loss."""
     detector.config.adapt_text = True
-    loader = EpochLoader(dataset, batch_size=settings.text_batch_size, seed=settings.seed, num_workers=num_workers,
-                         whole_batches=True)
+    detector.text_parts_changed()
+    loader = EpochLoader(dataset, batch_size=settings.text_batch_size, seed=config.seed,
+                         num_workers=config.num_workers, whole_batches=True)
     if get_world_size() > 1:
         logger.info("Text stage: every process steps on the whole global batch of %d (its V-V attention "
                     "(vv_axis=%s) and disentangle loss couple a batch's images); only data loading is split",
@@ -55,22 +56,20 @@ def train_text_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str
 
     def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return detector.text_stage_loss(batch["image"], _masks(batch), list(batch["class_name"]),
-                                        disentangle_weight=settings.text_norm_weight,
-                                        dpam_layers=settings.surgery_until_layer, vv_axis=settings.vv_axis,
+                                        disentangle_weight=settings.disentangle_weight,
+                                        dpam_layers=settings.dpam_layers, vv_axis=settings.vv_axis,
                                         loss_levels=settings.text_loss_levels)
 
-    return fit_stage(detector, loader, optimizer, step, settings.text_epoch, output_dir, stage="text",
-                     save_freq=save_freq, print_freq=print_freq, resume=resume, precision=precision,
-                     export_official=export_official, run_settings=run_settings)
+    result = fit_stage(detector, loader, optimizer, step, settings.text_epoch, config, stage="text")
+    detector.text_parts_changed()
+    return result
 
 
-def train_image_stage(detector: AAClipDetector, dataset: Dataset, output_dir: str | Path,
-                      settings: AAClipTrainSettings, num_workers: int = 0, resume: bool = False,
-                      precision: str = "auto", export_official: bool = True, save_freq: int = 1,
-                      print_freq: int = 1, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
+def train_image_stage(detector: AdaptedImageDetector, dataset: Dataset, config: TrainConfig,
+                      settings: ImageStageTraining) -> StageResult:
     """Stage 2: train the image adapter against the fixed anchors (Adam, MultiStepLR per iteration)."""
-    loader = EpochLoader(dataset, batch_size=settings.image_batch_size, seed=settings.seed + 1,
-                         num_workers=num_workers)
+    loader = EpochLoader(dataset, batch_size=settings.image_batch_size, seed=config.seed + 1,
+                         num_workers=config.num_workers)
     optimizer = torch.optim.Adam(detector.image_adapter.parameters(), lr=settings.image_lr, betas=ADAM_BETAS)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(settings.image_milestones),
                                                      gamma=settings.image_lr_gamma)
@@ -78,34 +77,44 @@ def train_image_stage(detector: AAClipDetector, dataset: Dataset, output_dir: st
     def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return detector.image_stage_loss(batch["image"], _masks(batch), batch["label"], list(batch["class_name"]))
 
-    return fit_stage(detector, loader, optimizer, step, settings.image_epoch, output_dir, stage="image",
-                     scheduler=scheduler, save_freq=save_freq, print_freq=print_freq, resume=resume,
-                     precision=precision, export_official=export_official, run_settings=run_settings)
+    return fit_stage(detector, loader, optimizer, step, settings.image_epoch, config, stage="image",
+                     scheduler=scheduler)
 
 
-def train_aaclip(detector: AAClipDetector, text_dataset: Dataset, image_dataset: Dataset, output_dir: str | Path,
-                 settings: Optional[AAClipTrainSettings] = None, **stage_options: Any) -> Path:
-    """Run both stages and return the last image-stage checkpoint.
+def train(detector: AAClipDetector, data: TrainData, config: TrainConfig) -> TrainResult:
+    """Run both stages with the settings ``config.method`` (:class:`AAClipTraining`, official
+    defaults when None) and return the result; its final checkpoint is the last image-stage one.
 
-    With ``text_epoch == 0`` the text stage is skipped and anchors come from plain CLIP, as in
-    the reference code. ``stage_options`` (num_workers, resume, precision, export_official,
-    save_freq, print_freq, run_settings) go to both stages.
+    ``data``: :class:`~anomaly_clip.engine.training.TrainingData` (augmented and, with ``shot``,
+    few-shot datasets are built from it, see :func:`build_training_datasets`), a dataset root,
+    or one ready dataset used by both stages. With ``text_epoch == 0`` the text stage is skipped
+    and anchors come from plain CLIP, as in the official code.
     """
-    settings = settings or AAClipTrainSettings()
-    output_dir = Path(output_dir)
-    seed_everything(settings.seed)
+    settings = config.method or AAClipTraining()
+    initialise(detector, config)
+    output_dir = Path(config.save_path)
+    data = training_data(data)
+    if isinstance(data, TrainingData):
+        text_dataset, image_dataset = build_training_datasets(
+            data.samples, data.root, detector.image_size, settings.shots, config.seed,
+            seeded_augmentation=settings.seeded_augmentation, pseudo_anomalies=data.pseudo_anomalies)
+    else:
+        text_dataset = image_dataset = data
+    seed_everything(config.seed)
+    stages: Dict[str, StageResult] = {}
     if settings.text_epoch > 0:
-        result = train_text_stage(detector, text_dataset, output_dir, settings, **stage_options)
-        _log_history("text", result)
+        stages["text"] = train_text_stage(detector, text_dataset, config, settings)
+        _log_history("text", stages["text"])
     else:
         detector.config.adapt_text = False
+        detector.text_parts_changed()
         logger.info("Text stage skipped: anchors use plain CLIP text features")
-    result = train_image_stage(detector, image_dataset, output_dir, settings, **stage_options)
-    _log_history("image", result)
+    stages["image"] = train_image_stage(detector, image_dataset, config, settings)
+    _log_history("image", stages["image"])
     last = checkpoint_path(output_dir, "image", settings.image_epoch)
     if not last.is_file():
         raise FileNotFoundError(f"expected the final checkpoint {last} after training")
-    return last
+    return TrainResult(stages, last)
 
 
 def _log_history(stage: str, result: StageResult) -> None:
@@ -122,7 +131,7 @@ def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, 
     the image stage only; few-shot subsets of ``shot`` images per class when ``shot > 0``;
     ``pseudo_anomalies`` paints defects on normal images of both.
 
-    Augmentation draws from torch's global generator as the reference does, or, with
+    Augmentation draws from torch's global generator as the official code does, or, with
     ``seeded_augmentation`` (always under ``torchrun``), from a generator per (seed, epoch, image).
     """
     if get_world_size() > 1 and not seeded_augmentation:

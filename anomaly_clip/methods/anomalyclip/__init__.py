@@ -1,10 +1,9 @@
-"""AnomalyCLIP: object-agnostic prompts with deep text tokens, DPAM dual path, glocal loss."""
-from ...engine.registry import register_method
-from .config import AnomalyCLIPConfig, AnomalyCLIPTraining
-from .flags import AnomalyCLIPFlags
-from .model import AnomalyCLIP
-from .training import train_anomalyclip
+"""AnomalyCLIP: object-agnostic prompts with deep text tokens, DPAM dual path, glocal loss.
 
-METHOD = register_method("anomalyclip", AnomalyCLIP, AnomalyCLIPFlags())
+Names load on first use, so the settings (:mod:`.config`) import without torch.
+"""
+from ...lazy import lazy_exports
 
-__all__ = ["AnomalyCLIP", "AnomalyCLIPConfig", "AnomalyCLIPTraining", "AnomalyCLIPFlags", "train_anomalyclip", "METHOD"]
+_EXPORTS = {"AnomalyCLIP": "model", "AnomalyCLIPConfig": "config", "AnomalyCLIPTraining": "config",
+            "PromptLearner": "prompts", "train": "training"}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

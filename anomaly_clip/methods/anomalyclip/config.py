@@ -1,41 +1,57 @@
-"""AnomalyCLIP hyper-parameters: the one place their defaults are written."""
+"""AnomalyCLIP settings: the one place their defaults are written (imports no torch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.detector import MethodConfig
-from .prompts import REFERENCE_UNUSED_PROJECTION_DIM
+from ...engine.config import CACHE_MODES, MethodConfig, check_choice, setting
+
+REFERENCE_UNUSED_PROJECTION_DIM = 896
+DPAM_ATTENTIONS = ("vv", "qq", "kk")
 
 
 @dataclass
 class AnomalyCLIPConfig(MethodConfig):
-    """Hyper-parameters of the reference scripts; ``features_list=(24,)`` is what the released
+    """Detector settings of the official scripts; ``features_list=(24,)`` is what the released
     checkpoints were trained and tested with, ``(6, 12, 18, 24)`` the paper's setting."""
 
-    n_ctx: int = 12
-    depth: int = 9
-    t_n_ctx: int = 4
-    features_list: Tuple[int, ...] = (24,)
-    dpam_layers: int = 20
-    dpam_attention: str = "vv"
-    temperature: float = 0.07
-    sigma: float = 4.0
-    seg_loss_weight: float = 4.0
-    object_classes: Tuple[str, ...] = ()
-    half_precision_deep_tokens: bool = True
-    unused_projection_dim: int = REFERENCE_UNUSED_PROJECTION_DIM
+    backbone_defaults: ClassVar[Dict[str, Any]] = {"activation": "quick_gelu", "pos_embed_interpolation": "bilinear"}
+
+    n_ctx: int = setting(12, "learnable context length")
+    depth: int = setting(9, "deep text prompt depth")
+    t_n_ctx: int = setting(4, "deep text tokens per block")
+    features_list: Tuple[int, ...] = setting((24,), "image blocks whose patch tokens make the maps (paper: 6 12 18 24)")
+    dpam_layers: int = setting(20, "V-V (DPAM) depth: the last N-1 image blocks run V-V attention")
+    dpam_attention: str = setting("vv", "DPAM attention variant", choices=DPAM_ATTENTIONS)
+    temperature: float = setting(0.07, flag=False)
+    sigma: float = setting(4.0, "Gaussian sigma of the anomaly map")
+    seg_loss_weight: float = setting(4.0, "lambda of the local loss; 0 trains the global loss only, for data "
+                                          "without masks")
+    object_classes: Tuple[str, ...] = setting((), "object-aware ablation: one prompt pair per listed class name")
+    half_precision_deep_tokens: bool = setting(True, flag=False)
+    unused_projection_dim: int = setting(REFERENCE_UNUSED_PROJECTION_DIM, flag=False)
+
+    def __post_init__(self) -> None:
+        self.features_list = tuple(int(layer) for layer in self.features_list)
+        self.object_classes = tuple(self.object_classes)
+        check_choice("dpam_attention", self.dpam_attention, DPAM_ATTENTIONS)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AnomalyCLIPTraining:
-    """Optimisation settings of the reference training script (Adam, betas 0.5/0.999)."""
+    """Optimisation settings of the official training script (Adam, betas 0.5/0.999)."""
 
-    epochs: int = 15
-    learning_rate: float = 1e-3
-    batch_size: int = 8
-    seed: int = 111
+    epoch: int = setting(15, "training epochs", aliases=("epochs",))
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    batch_size: int = setting(8, "training batch size")
+    feature_cache: str = setting("auto", "reuse frozen image features after the first epoch (auto: device/host/disk "
+                                         "by size; off recomputes every epoch)", choices=CACHE_MODES)
+
+    def __post_init__(self) -> None:
+        check_choice("feature_cache", self.feature_cache, CACHE_MODES)
+        if self.epoch < 1 or self.batch_size < 1:
+            raise ValueError(f"need epoch >= 1 and batch_size >= 1, got {self.epoch}, {self.batch_size}")
 
 
-TRAINING = AnomalyCLIPTraining()
 DEFAULTS = AnomalyCLIPConfig()
+TRAINING = AnomalyCLIPTraining()

@@ -7,9 +7,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ...clip.backbone import CLIPBackbone
 from ...clip.dpam import DPAMConfig, encode_image, patch_grid
-from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction, parameter_state
+from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction
 from ...engine.losses import classification_loss, multi_level_segmentation_loss
 from ...engine.precision import float32_einsum
 from ...engine.smoothing import gaussian_filter
@@ -37,22 +37,25 @@ class AnomalyCLIP(AnomalyDetector):
             half_precision_deep_tokens=config.half_precision_deep_tokens,
             unused_projection_dim=config.unused_projection_dim,
         ).to(backbone.device)
-        self.dpam = DPAMConfig(layers=config.dpam_layers, attention=config.dpam_attention, structure="dual")
-        self._frozen_text: Optional[Tuple[tuple, torch.Tensor]] = None
+        self.dpam = DPAMConfig(dpam_layers=config.dpam_layers, attention=config.dpam_attention, structure="dual")
+        self.register_buffer("frozen_text_features", torch.empty(0, device=backbone.device), persistent=False)
 
-    @classmethod
-    def default_backbone_config(cls) -> BackboneConfig:
-        return BackboneConfig(activation="quick_gelu", pos_embed_interpolation="bilinear")
+    def text_parts_changed(self) -> None:
+        """Recompute :attr:`frozen_text_features` from the prompts (dropped while training)."""
+        if self.training:
+            self.frozen_text_features = torch.empty(0, device=self.device)
+            return
+        with torch.no_grad():
+            self.frozen_text_features = self.prompt_learner(self.backbone).detach()
 
     def text_features(self) -> torch.Tensor:
-        """(n_cls, 2, E) normalised [normal, abnormal] features; without gradients they are
-        computed once per state of the prompt parameters and reused."""
-        if torch.is_grad_enabled():
+        """(n_cls, 2, E) normalised [normal, abnormal] features: computed from the prompts while
+        training or with gradients, else the buffer :attr:`frozen_text_features`."""
+        if self.training or torch.is_grad_enabled():
             return self.prompt_learner(self.backbone)
-        state = parameter_state(self.prompt_learner.parameters())
-        if self._frozen_text is None or self._frozen_text[0] != state:
-            self._frozen_text = (state, self.prompt_learner(self.backbone))
-        return self._frozen_text[1]
+        if self.frozen_text_features.numel() == 0:
+            self.text_parts_changed()
+        return self.frozen_text_features
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -63,6 +66,10 @@ class AnomalyCLIP(AnomalyDetector):
         return {"global": F.normalize(visual.global_embedding, dim=-1), "patches": F.normalize(patches, dim=-1)}
 
     def _text_rows(self, text: torch.Tensor, class_names: Optional[Sequence[str]], batch: int) -> torch.Tensor:
+        """(B, 2, E) text features of each image: the one object-agnostic pair broadcast (any batch
+        size, also when traced), or each class's pair."""
+        if class_names is None or text.shape[0] == 1:
+            return text[:1].expand(batch, -1, -1)
         return text[self.prompt_learner.class_index(class_names, batch, text.device)]
 
     def image_logits(self, global_features: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
@@ -84,7 +91,7 @@ class AnomalyCLIP(AnomalyDetector):
         return {layer: patches[:, index] for index, layer in enumerate(self.config.features_list)}
 
     @torch.no_grad()
-    def predict_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
+    def forward_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
                                     ) -> Tuple[Prediction, PatchFeatures]:
         """Scores (B,) = abnormal probability in [0, 1]; maps (B, S, S) = per-layer
         ``(p_abnormal + 1 - p_normal) / 2`` summed over ``features_list``, so in [0, layers]."""
@@ -96,9 +103,6 @@ class AnomalyCLIP(AnomalyDetector):
         maps = ((probabilities[:, :, 1] + 1 - probabilities[:, :, 0]) / 2).sum(dim=1)
         maps = gaussian_filter(maps, self.config.sigma)
         return Prediction(scores=scores.float(), maps=maps.float()), self._layer_patches(features)
-
-    def predict(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
-        return self.predict_with_patch_features(images, class_names)[0]
 
     def patch_features(self, images: torch.Tensor) -> PatchFeatures:
         return self._layer_patches(self.image_features(images))
@@ -124,11 +128,13 @@ class AnomalyCLIP(AnomalyDetector):
         return losses
 
     @classmethod
-    def read_official_checkpoint(cls, path: str) -> Optional[Dict[str, Any]]:
-        return official.read_checkpoint(path)
+    def read_official_checkpoint(cls, path: str, contents: Optional[Dict[str, Any]] = None
+                                 ) -> Optional[Dict[str, Any]]:
+        return official.recognise(contents)
 
     def load_official_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         self.prompt_learner.load_state_dict(official.prompt_state(checkpoint, self.prompt_learner.state_dict()))
+        self.text_parts_changed()
 
     def official_checkpoints(self, epoch: Optional[int] = None, stage: str = "") -> Dict[str, Dict[str, Any]]:
         return official.checkpoint_files(self.prompt_learner.state_dict(), epoch)

@@ -1,11 +1,10 @@
-"""AnomalyCLIP's reference checkpoint format: ``{"prompt_learner": state_dict}``.
+"""AnomalyCLIP's official checkpoint format: ``{"prompt_learner": state_dict}``.
 
 Released files (e.g. ``9_12_4_multiscale_visa/epoch_15.pth``) load into our prompt learner as
-they are; training also writes this format so the reference code can read our results.
+they are; training also writes this format so the official code can read our results.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -13,21 +12,15 @@ import torch
 OFFICIAL_KEY = "prompt_learner"
 
 
-def read_checkpoint(path: str) -> Optional[Dict[str, Any]]:
-    """The reference checkpoint at ``path``, or None when the file is not one."""
-    if not Path(path).is_file():
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not ours to read; the caller reports
-        return None
-    if isinstance(checkpoint, dict) and set(checkpoint) == {OFFICIAL_KEY}:
-        return checkpoint
+def recognise(contents: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The official checkpoint in a file's dictionary ``contents``, or None when it is not one."""
+    if isinstance(contents, Mapping) and set(contents) == {OFFICIAL_KEY}:
+        return dict(contents)
     return None
 
 
 def prompt_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The prompt-learner state of a reference checkpoint, checked against our learner's shapes."""
+    """The prompt-learner state of an official checkpoint, checked against our learner's shapes."""
     state = dict(checkpoint[OFFICIAL_KEY])
     problems = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                 for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -40,6 +33,6 @@ def prompt_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor])
 
 
 def checkpoint_files(state: Mapping[str, torch.Tensor], epoch: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
-    """File name -> payload of the reference format for a prompt-learner state."""
+    """File name -> payload of the official format for a prompt-learner state."""
     name = f"official_epoch_{epoch}.pth" if epoch is not None else "official.pth"
     return {name: {OFFICIAL_KEY: {k: v.detach().cpu() for k, v in state.items()}}}

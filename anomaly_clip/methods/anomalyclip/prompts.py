@@ -3,7 +3,7 @@
 Two prompts, ``"X ... X object."`` (normal) and ``"X ... X damaged object."`` (abnormal), whose
 X tokens are learnt context vectors; at text blocks 1..depth-1 the hidden states right after
 start-of-text are overwritten by further learnt tokens. Parameter and buffer names follow the
-reference checkpoint layout so released ``{"prompt_learner": ...}`` files load unchanged.
+official checkpoint layout so released ``{"prompt_learner": ...}`` files load unchanged.
 """
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...clip.backbone import CLIPBackbone
+from .config import REFERENCE_UNUSED_PROJECTION_DIM
 
 NORMAL_STATES = ("{}",)
 ABNORMAL_STATES = ("damaged {}",)
 AGNOSTIC_CLASS = "object"
-REFERENCE_UNUSED_PROJECTION_DIM = 896
 
 
 class PromptLearner(nn.Module):
     """Learnable normal/abnormal prompts for one or more class names.
 
     ``class_names=("object",)`` is the object-agnostic method; real class names give the
-    object-aware ablation. ``unused_projection_dim`` keeps the reference learner's never-used
+    object-aware ablation. ``unused_projection_dim`` keeps the official learner's never-used
     ``Linear(width, 896)`` layers so its checkpoints load strictly; 0 drops them.
     ``half_precision_deep_tokens`` rounds deep tokens to float16 before insertion, as the
     official text forward does (checkpoint fidelity), after expanding them to every prompt: in

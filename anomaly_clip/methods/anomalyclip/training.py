@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Union
 
 import torch
 from torch.utils.data import Dataset
 
+from ...data.dataset import AnomalyDataset
+from ...data.pseudo_anomaly import apply_pseudo_anomalies, require_anomalies
+from ...engine.config import TrainConfig
 from ...engine.distributed import get_world_size
-from ...data.pseudo_anomaly import require_anomalies
 from ...engine.feature_cache import EpochLoader, FeatureCache, choose_cache_mode
-from ...engine.training import StageResult, fit_stage, seed_everything
-from .config import TRAINING
+from ...engine.training import (TrainData, TrainResult, TrainingData, checkpoint_path, fit_stage, initialise,
+                                seed_everything, training_data)
+from .config import AnomalyCLIPTraining
 from .model import AnomalyCLIP
 
 logger = logging.getLogger(__name__)
@@ -26,13 +29,12 @@ def _feature_bytes(detector: AnomalyCLIP) -> int:
     return 4 * embed * (1 + len(detector.config.features_list) * tokens) + size * size + 16
 
 
-def train_anomalyclip(detector: AnomalyCLIP, dataset: Dataset, output_dir: str | Path,
-                      epochs: int = TRAINING.epochs, learning_rate: float = TRAINING.learning_rate,
-                      batch_size: int = TRAINING.batch_size, seed: int = TRAINING.seed,
-                      feature_cache: str = "auto", num_workers: int = 0, save_freq: int = 1,
-                      print_freq: int = 1, resume: bool = False, precision: str = "auto",
-                      export_official: bool = True, run_settings: Optional[Dict[str, Any]] = None) -> StageResult:
-    """Train the prompt learner of ``detector`` with the reference optimiser (Adam, betas 0.5/0.999).
+def train(detector: AnomalyCLIP, data: TrainData, config: TrainConfig) -> TrainResult:
+    """Train the prompt learner of ``detector`` with the official optimiser (Adam, betas 0.5/0.999)
+    and the settings ``config.method`` (:class:`AnomalyCLIPTraining`, official defaults when None).
+
+    ``data``: :class:`~anomaly_clip.engine.training.TrainingData` (its pseudo-anomalies painted on
+    normal images), a dataset root, or a ready dataset of AnomalyCLIP items.
 
     With ``feature_cache`` other than ``off``, the first epoch stores the frozen image features
     and later epochs replay them; the per-epoch sample order is the same either way, so the
@@ -41,6 +43,10 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: Dataset, output_dir: str |
     changes every epoch (a :class:`~anomaly_clip.data.pseudo_anomaly.PseudoAnomalyDataset`) is
     never cached.
     """
+    settings = config.method or AnomalyCLIPTraining()
+    initialise(detector, config)
+    dataset = _dataset(detector, training_data(data))
+    seed, output_dir = config.seed, Path(config.save_path)
     seed_everything(seed)
     require_anomalies(dataset, getattr(dataset, "root", "the training folder"))
     if detector.config.seg_loss_weight and getattr(dataset, "has_masks", True) is False:
@@ -52,13 +58,13 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: Dataset, output_dir: str |
         if not names <= known:
             raise ValueError(f"object-aware prompts lack classes {sorted(names - known)}")
     share = -(-len(dataset) // get_world_size())
-    mode = choose_cache_mode(feature_cache, _feature_bytes(detector), share, detector.device,
+    mode = choose_cache_mode(settings.feature_cache, _feature_bytes(detector), share, detector.device,
                              varies_by_epoch=getattr(dataset, "varies_by_epoch", False))
     cache = None
     if mode != "off":
         cache = FeatureCache(len(dataset), mode, directory=Path(output_dir) / "feature_cache", device=detector.device)
         logger.info("Frozen image features are cached (%s) after the first epoch", mode)
-    loader = EpochLoader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers, cache=cache)
+    loader = EpochLoader(dataset, batch_size=settings.batch_size, seed=seed, num_workers=config.num_workers, cache=cache)
     class_names = detector.prompt_learner.class_names
 
     def step(batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -76,11 +82,19 @@ def train_anomalyclip(detector: AnomalyCLIP, dataset: Dataset, output_dir: str |
         names = [class_names[i] for i in class_ids.tolist()] if len(class_names) > 1 else None
         return detector.glocal_loss(features, labels, masks, names)
 
-    optimizer = torch.optim.Adam(detector.prompt_learner.parameters(), lr=learning_rate, betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(detector.prompt_learner.parameters(), lr=settings.learning_rate, betas=(0.5, 0.999))
     try:
-        return fit_stage(detector, loader, optimizer, step, epochs, output_dir, save_freq=save_freq,
-                         print_freq=print_freq, resume=resume, precision=precision,
-                         export_official=export_official, run_settings=run_settings)
+        result = fit_stage(detector, loader, optimizer, step, settings.epoch, config)
     finally:
         if cache is not None:
             cache.close()
+    return TrainResult({"": result}, checkpoint_path(output_dir, "", settings.epoch))
+
+
+def _dataset(detector: AnomalyCLIP, data: Union[TrainingData, Dataset]) -> Dataset:
+    """AnomalyCLIP's training dataset of ``data`` (the method's transforms, pseudo-anomalies)."""
+    if not isinstance(data, TrainingData):
+        return data
+    dataset = AnomalyDataset(data.samples, data.root, image_size=detector.image_size,
+                             mask_interpolation=detector.mask_interpolation)
+    return apply_pseudo_anomalies(dataset, data.pseudo_anomalies)

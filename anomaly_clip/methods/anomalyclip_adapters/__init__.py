@@ -1,9 +1,9 @@
-"""AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers)."""
-from ...engine.registry import register_method
-from .config import PromptAdapterConfig
-from .flags import PromptAdapterFlags
-from .model import PromptAdapterDetector
+"""AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers).
 
-METHOD = register_method("anomalyclip_adapters", PromptAdapterDetector, PromptAdapterFlags())
+Names load on first use, so the settings (:mod:`.config`) import without torch.
+"""
+from ...lazy import lazy_exports
 
-__all__ = ["PromptAdapterConfig", "PromptAdapterDetector", "PromptAdapterFlags", "METHOD"]
+_EXPORTS = {"PromptAdapterConfig": "config", "PromptAdapterTraining": "config", "PromptAdapterDetector": "model",
+            "train": "training"}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -7,16 +7,20 @@ image adapters against its fixed text features. No class names are needed at any
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence
+import logging
+from typing import List, Sequence
 
 import torch
 
-from ...clip.backbone import BackboneConfig, CLIPBackbone
+from ...clip.backbone import CLIPBackbone
 from ..aaclip.model import AdaptedImageDetector
 from ..anomalyclip.config import AnomalyCLIPConfig
 from ..anomalyclip.model import AnomalyCLIP
 from ..anomalyclip.prompts import AGNOSTIC_CLASS, PromptLearner
 from .config import PROMPT_FIELDS, PromptAdapterConfig
+
+logger = logging.getLogger(__name__)
+
 
 class PromptAdapterDetector(AdaptedImageDetector):
     """AA-CLIP's adapted image features scored against AnomalyCLIP's learnt prompt features."""
@@ -31,16 +35,8 @@ class PromptAdapterDetector(AdaptedImageDetector):
             unused_projection_dim=config.unused_projection_dim,
         ).to(backbone.device)
 
-    @classmethod
-    def default_backbone_config(cls) -> BackboneConfig:
-        """The prompts are AnomalyCLIP's, learnt on its backbone settings (QuickGELU, bilinear)."""
-        return AnomalyCLIP.default_backbone_config()
-
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         return [AGNOSTIC_CLASS] * len(class_names)
-
-    def anchor_parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.prompt_learner.parameters()
 
     def compute_anchors(self, keys: Sequence[str]) -> torch.Tensor:
         """The object-agnostic (normal, abnormal) prompt features as (C, E, 2) anchors."""
@@ -51,11 +47,22 @@ class PromptAdapterDetector(AdaptedImageDetector):
         """The AnomalyCLIP configuration whose prompt learner this detector holds."""
         return AnomalyCLIPConfig(**{name: getattr(self.config, name) for name in PROMPT_FIELDS})
 
-    def load_prompts(self, detector: AnomalyCLIP) -> None:
-        """Take the prompt learner of a trained object-agnostic AnomalyCLIP detector."""
+    def load_prompts(self, detector: AnomalyCLIP, adopt_settings: bool = False) -> None:
+        """Take the prompt learner of a trained object-agnostic AnomalyCLIP detector. Prompt
+        settings that differ from this detector's are an error, or with ``adopt_settings``
+        become this detector's (a ``--prompt_checkpoint`` of another prompt shape)."""
         if detector.config.object_classes:
             raise ValueError("only object-agnostic AnomalyCLIP prompts can serve as anchors")
         mismatched = [n for n in PROMPT_FIELDS if getattr(detector.config, n) != getattr(self.config, n)]
-        if mismatched:
+        if mismatched and not adopt_settings:
             raise ValueError(f"AnomalyCLIP prompt settings {mismatched} differ from this detector's")
-        self.prompt_learner.load_state_dict(detector.prompt_learner.state_dict())
+        if mismatched:
+            logger.info("Prompt settings %s taken from the AnomalyCLIP prompts",
+                        {name: getattr(detector.config, name) for name in mismatched})
+            for name in PROMPT_FIELDS:
+                setattr(self.config, name, getattr(detector.config, name))
+            self.prompt_learner = detector.prompt_learner
+            self.text_parts_changed()
+        else:
+            self.prompt_learner.load_state_dict(detector.prompt_learner.state_dict())
+        self.text_parts_changed()

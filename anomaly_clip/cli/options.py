@@ -1,0 +1,355 @@
+"""Flags from settings dataclasses, and ``--config`` files, for every sub-command (jsonargparse).
+
+Every flag comes from a dataclass field declared with :func:`anomaly_clip.settings.setting`: its
+name (and former names, its ``aliases``) gives the flag in both spellings (``--save_path`` and
+``--save-path``), its type the conversion, its metadata the help, choices and metavar, and the
+field default the flag default. Nothing here writes a default of its own.
+
+``--config FILE`` reads a YAML file of flag values by field name: its ``train:`` / ``test:`` /
+... section (a file without sections applies as a whole), plus the top-level keys other than the
+sections (``method``). ``${VAR}`` and ``${VAR:-default}`` are read from the environment, so one
+protocol file serves every machine; a value left waiting for an unset variable is an error
+only when no flag overrides it. Flags on the command line override the file wherever they
+stand. ``--print_config`` prints the resolved settings, which ``--config`` accepts again, as it
+does the ``<section>_config.yaml`` each run writes beside its outputs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
+
+SECTIONS = ("train", "test", "predict", "calibrate", "demo", "protocol", "summarize", "synthesize", "convert")
+DESCRIPTIVE_KEYS = ("description", "published", "reference")
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^${}]*))?\}")
+
+
+class UsageError(ValueError):
+    """Flags that cannot be used as given (the message says why and what to do)."""
+
+
+class ConfigError(UsageError):
+    """A configuration file that cannot be used as it is (the message says why and what to do)."""
+
+
+class UnsetVariable(str):
+    """A value that needed an environment variable that is not set; an error only if no flag overrides it."""
+
+    def __new__(cls, text: str, variable: str) -> "UnsetVariable":
+        value = super().__new__(cls, text)
+        value.variable = variable
+        return value
+
+
+def expand_variables(value: Any) -> Any:
+    """``${VAR}`` / ``${VAR:-default}`` replaced from the environment, recursively; defaults may
+    themselves hold variables (``${CKPT:-${CKPT_DIR:-./checkpoints}/epoch_15.pth}``)."""
+    if isinstance(value, list):
+        return [expand_variables(item) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group("name"), match.group("default")
+        if os.environ.get(name):
+            return os.environ[name]
+        return default if default is not None else match.group(0)
+
+    expanded, previous = value, None
+    while expanded != previous:
+        previous, expanded = expanded, _VARIABLE.sub(substitute, expanded)
+    unset = _VARIABLE.search(expanded)
+    return UnsetVariable(expanded, unset.group("name")) if unset else expanded
+
+
+def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
+    """The mapping in a YAML file; a missing file, bad YAML or a non-mapping is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not a {type(content).__name__}")
+    return content
+
+
+def select_section(content: Mapping[str, Any], section: str, source: str = "the config file") -> Dict[str, Any]:
+    """Values for one command: the shared top-level keys updated by the ``section`` mapping,
+    variables expanded (unset ones left as :class:`UnsetVariable`)."""
+    has_sections = any(name in content for name in SECTIONS)
+    values = {k: v for k, v in content.items() if k not in SECTIONS and k not in DESCRIPTIVE_KEYS}
+    if has_sections:
+        own = content.get(section)
+        if own is None:
+            other = next(name for name in SECTIONS if name in content)
+            raise ConfigError(f"{source} has no '{section}:' section (it is a {other} configuration)")
+        if not isinstance(own, dict):
+            raise ConfigError(f"{source}: '{section}:' must be a mapping of flag names to values")
+        values.update(own)
+    return {key: expand_variables(value) for key, value in values.items()}
+
+
+def section_values(path: str | os.PathLike, section: str) -> Dict[str, Any]:
+    """The values a command reads from the config file at ``path`` (see :func:`select_section`)."""
+    return select_section(read_config_file(path), section, str(path))
+
+
+# ---- flags from dataclass fields --------------------------------------------------------------------
+def spellings(name: str) -> List[str]:
+    """``--name`` with ``_`` and with ``-``."""
+    return list(dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"]))
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Union:
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(arguments) == 1:
+            return arguments[0]
+    return annotation
+
+
+@dataclass
+class Flag:
+    """One flag: its destination, spellings, and how values convert."""
+
+    dest: str
+    names: List[str]
+    kwargs: Dict[str, Any]
+    group: str
+    choices: Optional[Tuple[Any, ...]] = None
+
+
+@dataclass
+class FlagTable:
+    """The flags of one parser by destination (the config loader checks files against it)."""
+
+    flags: Dict[str, Flag] = field(default_factory=dict)
+    renamed: Dict[str, str] = field(default_factory=dict)
+
+    def option(self, dest: str) -> str:
+        flag = self.flags.get(dest)
+        return flag.names[0] if flag else f"--{dest}"
+
+
+def field_flag(item: Any, hints: Mapping[str, Any], default: Any, help_default: Optional[str] = None,
+               group: str = "") -> Flag:
+    """The :class:`Flag` of dataclass field ``item`` with the given default."""
+    annotation = _unwrap_optional(hints[item.name])
+    metadata = item.metadata
+    aliases = tuple(metadata.get("aliases", ()))
+    names = [spelling for name in (item.name, *aliases) for spelling in spellings(name)]
+    kwargs: Dict[str, Any] = {"dest": item.name, "default": default}
+    text = metadata.get("help", "")
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        kwargs["action"] = "store_true"
+    elif origin in (tuple, list):
+        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+        kwargs.update(type=element, nargs="+")
+    elif origin in (dict, Mapping) or annotation is dict:
+        kwargs["type"] = str
+    else:
+        kwargs["type"] = annotation
+    choices = metadata.get("choices")
+    if choices:
+        kwargs["choices"] = list(choices)
+        if kwargs.get("type") is str:
+            del kwargs["type"]
+    if metadata.get("metavar"):
+        kwargs["metavar"] = metadata["metavar"]
+    if help_default is not None:
+        text = f"{text} (default {help_default})"
+    kwargs["help"] = text or " "
+    return Flag(item.name, names, kwargs, group, tuple(choices) if choices else None)
+
+
+def dataclass_flags(cls: type, group: str, none_defaults: bool = False, skip: Iterable[str] = (),
+                    help_defaults: Optional[Mapping[str, str]] = None) -> List[Flag]:
+    """Flags of every command-line field of dataclass ``cls`` (``flag=False`` fields left out).
+
+    ``none_defaults``: each flag defaults to None, meaning "keep the value of the checkpoint or
+    the method" (``help_defaults`` may name the values meant)."""
+    hints = typing.get_type_hints(cls)
+    skip = set(skip)
+    flags = []
+    for item in fields(cls):
+        if item.name in skip or not item.metadata.get("flag", True) or item.name not in hints:
+            continue
+        if none_defaults:
+            default = None
+        elif item.default is not MISSING:
+            default = item.default
+        elif item.default_factory is not MISSING:  # type: ignore[misc]
+            default = item.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        if isinstance(default, tuple):
+            default = list(default)
+        flags.append(field_flag(item, hints, default, (help_defaults or {}).get(item.name), group))
+    return flags
+
+
+class CommandParser:
+    """A sub-command's parser built from flag groups, with ``--config`` and ``--print_config``.
+
+    Parsing returns a jsonargparse ``Namespace``; :meth:`parse` also refuses settings left on
+    unset environment variables and reports every problem as one :class:`UsageError` line.
+    """
+
+    def __init__(self, prog: str, description: str, section: str):
+        self.section = section
+        self.table = FlagTable()
+        mode = f"anomaly_clip_{section}"
+        set_loader(mode, lambda text: self._load(text))
+        self.parser = ArgumentParser(prog=prog, description=description, parser_mode=mode, exit_on_error=False)
+        self.parser.add_argument("--config", action=ActionConfigFile, metavar="FILE",
+                                 help=f"YAML file of settings (its '{section}:' section and shared keys, e.g. a "
+                                      "protocol under configs/, or a resolved *_config.yaml); flags given here "
+                                      "override it")
+        self.groups: Dict[str, Any] = {}
+        self._unset: Dict[str, UnsetVariable] = {}
+
+    def group(self, title: str) -> Any:
+        if title not in self.groups:
+            self.groups[title] = self.parser.add_argument_group(title)
+        return self.groups[title]
+
+    def add_flags(self, flags: Iterable[Flag], title: str) -> None:
+        """Add flags under ``title``; a destination that exists already is skipped (methods share fields)."""
+        for flag in flags:
+            if flag.dest in self.table.flags:
+                known = self.table.flags[flag.dest]
+                extra = [name for name in flag.names if name not in known.names]
+                if extra:  # another method's former names of a shared field
+                    kwargs = dict(known.kwargs, help=f"former name of {known.names[0]}")
+                    self.group(known.group or title).add_argument(*extra, **kwargs)
+                    known.names += extra
+                    for name in extra:
+                        self.table.renamed[name[2:].replace("-", "_")] = flag.dest
+                continue
+            self.group(title).add_argument(*flag.names, **flag.kwargs)
+            self.table.flags[flag.dest] = flag
+            for name in flag.names:
+                bare = name[2:]
+                if bare.replace("-", "_") != flag.dest:
+                    self.table.renamed[bare.replace("-", "_")] = flag.dest
+
+    def add_argument(self, *names: str, title: str = "", **kwargs: Any) -> None:
+        """A flag without a dataclass field (positional inputs, switches of the command itself)."""
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        all_names = [n for name in names for n in (spellings(name.lstrip("-")) if name.startswith("--") else [name])]
+        target = self.group(title) if title else self.parser
+        target.add_argument(*dict.fromkeys(all_names), **kwargs)
+        self.table.flags[dest] = Flag(dest, list(dict.fromkeys(all_names)), kwargs, title,
+                                      tuple(kwargs["choices"]) if kwargs.get("choices") else None)
+
+    def format_help(self) -> str:
+        return self.parser.format_help()
+
+    # ---- config files ---------------------------------------------------------------------------
+    def _load(self, text: str) -> Any:
+        """jsonargparse's loader: YAML values, and for a whole file the command's section checked
+        against the flag table (unknown keys, choices) with variables expanded."""
+        value = yaml.safe_load(text)
+        if not isinstance(value, dict):
+            return value
+        values = select_section(value, self.section)
+        renamed = {self.table.renamed.get(key, key): item for key, item in values.items()}
+        unknown = sorted(key for key in renamed if key not in self.table.flags)
+        if unknown:
+            raise ConfigError(f"unknown {self.section} settings {unknown}; '{self.parser.prog} --help' lists the "
+                              "flags (use their long names with '_')")
+        for key, item in list(renamed.items()):
+            if isinstance(item, UnsetVariable):
+                self._unset[key] = item
+                del renamed[key]
+                continue
+            flag = self.table.flags[key]
+            if isinstance(item, list) and flag.kwargs.get("nargs") is None:
+                raise ConfigError(f"{key} takes one value, got a list {item}")
+            if flag.choices is not None and item is not None:
+                bad = [v for v in (item if isinstance(item, list) else [item]) if v not in flag.choices]
+                if bad:
+                    raise ConfigError(f"{key} must be one of {sorted(map(str, flag.choices))}, got {bad}")
+        return renamed
+
+    def parse(self, argv: Sequence[str]) -> Namespace:
+        """Parse ``argv`` (``--config`` applied first, so flags override it wherever they stand)."""
+        argv = list(argv)
+        configs, rest, index = [], [], 0
+        while index < len(argv):
+            if argv[index] == "--config" and index + 1 < len(argv):
+                configs += argv[index:index + 2]
+                index += 2
+                continue
+            if argv[index].startswith("--config="):
+                configs.append(argv[index])
+            else:
+                rest.append(argv[index])
+            index += 1
+        self._unset = {}
+        try:
+            namespace = self.parser.parse_args(configs + rest)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - jsonargparse reports usage problems as ArgumentError
+            self._check_unset(configs, rest)
+            message = str(error).strip().replace("\n", " ")
+            raise (ConfigError if configs else UsageError)(message) from None
+        self._check_unset(configs, rest)
+        return namespace
+
+    def _check_unset(self, configs: List[str], rest: List[str]) -> None:
+        """A setting of the file left on an unset variable, and not given as a flag, is an error."""
+        given = {arg.split("=", 1)[0] for arg in rest if arg.startswith("--")}
+        for key, value in self._unset.items():
+            if not given & set(self.table.flags[key].names):
+                raise ConfigError(f"{configs[-1].split('=', 1)[-1]}: {key} is {str(value)!r}, but "
+                                  f"${value.variable} is not set: export {value.variable}=... or pass "
+                                  f"{self.table.option(key)}")
+
+
+def plain(value: Any) -> Any:
+    """A value as YAML writes it back (paths and tuples as strings and lists)."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (Path, os.PathLike)):
+        return str(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def write_resolved_config(values: Mapping[str, Any], section: str, directory: str | os.PathLike,
+                          source: Optional[str] = None) -> Path:
+    """Write a run's settings as ``<section>_config.yaml`` (usable again with ``--config``)."""
+    values = {key: plain(value) for key, value in values.items() if key != "config"}
+    content: Dict[str, Any] = {}
+    if source:
+        content["description"] = f"settings resolved from {source} and the command line"
+    if "method" in values:
+        content["method"] = values.pop("method")
+    content[section] = values
+    path = Path(directory) / f"{section}_config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def config_source(namespace: Namespace) -> Optional[str]:
+    """The last ``--config`` file of a parse, None without one."""
+    files = namespace.get("config") if hasattr(namespace, "get") else getattr(namespace, "config", None)
+    return str(files[-1]) if files else None
