@@ -354,6 +354,10 @@ def test_onnx_detector_checks_images_and_classes(exported, images):
         torch.testing.assert_close(model(images[:2], [class_name] * 2).scores, model(images[:2]).scores)
         with pytest.raises(ValueError, match="export again with --class_name bottle"):
             model(images[:2], names)
+        model.metadata.class_name = "metal_nut"
+        model.check_class_names(["metal nut", "metal_nut", None])  # one class, either spelling
+        with pytest.raises(ValueError, match="not of \\['metal'\\]"):
+            model.check_class_names(["metal"])
 
 
 def test_default_class_is_what_forward_scores_without_class_names(images):

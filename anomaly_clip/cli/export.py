@@ -38,7 +38,7 @@ def build_export_parser() -> CommandParser:
 
 
 def export_main(argv: Optional[Sequence[str]] = None) -> Any:
-    """Parse, check that the checkpoint's method is exportable (before any weights load), load it,
+    """Parse, check that the checkpoint's method is exportable (before the model is built), load it,
     export; return the :class:`~anomaly_clip.engine.export.ExportResult`."""
     args = build_export_parser().parse(list(sys.argv[1:] if argv is None else argv))
     from ..engine.checkpoint import identify_checkpoint

@@ -124,11 +124,12 @@ class OnnxDetector:
         class-specific text (AA-CLIP's anchors)."""
         if self.metadata.class_text is None or class_names is None:
             return
-        others = sorted({str(name) for name in class_names if name is not None and name != self.metadata.class_name})
+        exported = str(self.metadata.class_name).replace("_", " ")
+        others = sorted({str(name) for name in class_names if name is not None and name.replace("_", " ") != exported})
         if others:
-            exported = (f"class {self.metadata.class_name!r}" if self.metadata.class_name is not None
-                        else "no class (the default class)")
-            raise ValueError(f"{self.path} holds the text of {self.metadata.class_text!r} (exported for {exported}), "
+            source = (f"class {self.metadata.class_name!r}" if self.metadata.class_name is not None
+                      else "no class (the default class)")
+            raise ValueError(f"{self.path} holds the text of {self.metadata.class_text!r} (exported for {source}), "
                              f"not of {others}: export again with --class_name {others[0]}")
 
     def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
