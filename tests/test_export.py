@@ -360,16 +360,29 @@ def test_onnx_detector_checks_images_and_classes(exported, images):
             model.check_class_names(["metal"])
 
 
-def test_default_class_is_what_forward_scores_without_class_names(images):
-    """What export relies on: with ``default_class_name`` set, ``forward(images)`` equals
-    ``forward(images, [class] * B)`` (AA-CLIP's anchors; the object-aware AnomalyCLIP ablation's
-    prompt pair), and the class text names it."""
-    aaclip = tiny_detector("aaclip")
-    torch.testing.assert_close(aaclip(images[:2]).maps, aaclip(images[:2], ["object"] * 2).maps)
-    aaclip.default_class_name = CLASS
-    assert aaclip.class_text() == CLASS and aaclip.class_text("bottle") == "bottle"
-    torch.testing.assert_close(aaclip(images[:2]).maps, aaclip(images[:2], [CLASS] * 2).maps)
-    assert max_difference(aaclip(images[:2]).maps, aaclip(images[:2], ["bottle"] * 2).maps) > 0
+@pytest.mark.parametrize("method", exportable_methods())
+def test_class_text_says_whether_forward_depends_on_the_class(method, images):
+    """What export relies on, for every exportable method: where ``class_text`` is the same for
+    every class, ``forward`` ignores class names; where it differs, ``forward(images)`` with
+    ``default_class_name`` set equals ``forward(images, [class] * B)``. A method whose text depends
+    on the class without saying so fails here (its exported file would hold the wrong text)."""
+    detector = tiny_detector(method)
+    batch = images[:2]
+    with_class = detector(batch, [CLASS] * 2)
+    if detector.class_text(CLASS) == detector.class_text(None):
+        torch.testing.assert_close(detector(batch).scores, with_class.scores)
+        torch.testing.assert_close(detector(batch).maps, with_class.maps)
+        return
+    assert max_difference(detector(batch).maps, with_class.maps) > 0
+    detector.default_class_name = CLASS
+    assert detector.class_text() == CLASS
+    torch.testing.assert_close(detector(batch).scores, with_class.scores)
+    torch.testing.assert_close(detector(batch).maps, with_class.maps)
+
+
+def test_default_class_of_object_aware_prompts(images):
+    """The object-aware AnomalyCLIP ablation: ``default_class_name`` picks its prompt pair (either
+    spelling), ``class_text`` names it and refuses a class it has no prompts for."""
     aware = anomaly_clip.create_detector("anomalyclip", backbone=tiny_detector("anomalyclip").backbone,
                                          object_classes=("bottle", "metal nut"),
                                          **{k: SHALLOW_SETTINGS[k] for k in ("features_list", "dpam_layers", "depth")})
