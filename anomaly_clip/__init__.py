@@ -6,6 +6,8 @@ Typical use::
     anomaly_clip.list_methods()                          # ['anomalyclip', 'aaclip', ...]
     model = anomaly_clip.load("checkpoints/epoch_15.pth")
     prediction = anomaly_clip.Inferencer(model).predict_paths(["part.png"])
+    anomaly_clip.export_onnx(model, "model.onnx")          # needs pip install -e ".[export]"
+    prediction = anomaly_clip.Inferencer(anomaly_clip.load_onnx("model.onnx")).predict_paths(["part.png"])
 
     detector = anomaly_clip.create_detector("aaclip")    # official settings, pretrained CLIP
     anomaly_clip.fit(detector, "data/mvtec", anomaly_clip.TrainConfig(save_path="runs/aaclip"))
@@ -25,6 +27,7 @@ _EXPORTS = {
     "TrainConfig": "engine.config", "TrainingData": "engine.training", "TrainResult": "engine.training",
     "Calibration": "engine.calibration", "Inferencer": "engine.inference", "save_checkpoint": "engine.checkpoint",
     "evaluate": "engine.evaluation", "get_method": "methods", "METHODS": "methods",
+    "export_onnx": "engine.export", "load_onnx": "engine.export",
 }
 
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

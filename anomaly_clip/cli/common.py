@@ -22,8 +22,9 @@ from .settings import RunSettings
 BACKBONE_GROUP = "backbone"
 
 
-def add_backbone_flags(command: CommandParser, num_workers: bool = True) -> None:
-    """The backbone's settings (defaults: the method's or the checkpoint's), network use, device."""
+def add_backbone_flags(command: CommandParser, num_workers: bool = True, precision: bool = True) -> None:
+    """The backbone's settings (defaults: the method's or the checkpoint's), network use, device
+    (and the data loading workers and the autocast precision, unless the command has no use for them)."""
     command.add_flags(dataclass_flags(BackboneConfig, BACKBONE_GROUP, none_defaults=True), BACKBONE_GROUP)
     group = command.group(BACKBONE_GROUP)
     network = group.add_mutually_exclusive_group()
@@ -33,7 +34,7 @@ def add_backbone_flags(command: CommandParser, num_workers: bool = True) -> None
                          help="download uncached pretrained weights even if the quick connection check fails "
                               "(default: download only when the hub answers)")
     command.table.flags["download"] = Flag("download", ["--offline", "--download"], {}, BACKBONE_GROUP)
-    skip = () if num_workers else ("num_workers",)
+    skip = tuple(name for name, wanted in (("num_workers", num_workers), ("precision", precision)) if not wanted)
     command.add_flags(dataclass_flags(RunSettings, BACKBONE_GROUP, skip=skip), BACKBONE_GROUP)
 
 

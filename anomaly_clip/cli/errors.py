@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from ..extras import MissingExtraError
+
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "ANOMALY_CLIP_DEBUG"
 EXIT_USER_ERROR = 2
@@ -16,8 +18,9 @@ EXIT_INTERRUPTED = 130
 # how the command line spells each way of providing CLIP weights (advice of a WeightsError)
 CLI_OPTIONS = {"weights_path": "--weights FILE", "cache_dir": "--cache-dir DIR", "download": "--download",
                "model_name": "--model NAME"}
-# what the library raises for bad input: missing/unreadable files, bad values, a loss gone non-finite
-USER_ERRORS = (OSError, ValueError, FloatingPointError)
+# what the library raises for bad input: missing/unreadable files, bad values, a loss gone non-finite,
+# a package of an optional extra not installed
+USER_ERRORS = (OSError, ValueError, FloatingPointError, MissingExtraError)
 
 
 def debug_requested(argv: Sequence[str]) -> bool:

@@ -15,6 +15,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
                 "maps at original resolution, overlays"),
     "calibrate": ("calibrate", "calibrate_main", "image and pixel thresholds from a labelled set or normal images, "
                   "stored beside the checkpoint"),
+    "export": ("export", "export_main", "write a trained model as one ONNX graph (images -> scores, maps) for "
+               "ONNX Runtime; predict --backend onnxruntime runs it"),
     "demo": ("demo", "demo_main", "synthetic data -> train -> zero-shot table and heatmaps, in one command"),
     "summarize": ("summarize", "summarize_main", "one table from several test.py result folders; --compare "
                   "adds the published numbers"),

@@ -25,7 +25,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
 
-SECTIONS = ("train", "test", "predict", "calibrate", "demo", "protocol", "summarize", "synthesize", "convert")
+SECTIONS = ("train", "test", "predict", "calibrate", "demo", "protocol", "summarize", "synthesize", "convert",
+            "export")
 DESCRIPTIVE_KEYS = ("description", "published", "reference")
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^${}]*))?\}")
 

@@ -3,6 +3,8 @@
 Writes ``SAVE_PATH/predictions.csv`` (``path,score,label,error``), and on request maps at each
 image's original resolution and overlay panels. Thresholds: ``--image_threshold`` /
 ``--pixel_threshold`` when given, else the calibration stored beside the checkpoint.
+``--backend onnxruntime --model FILE`` scores with a model written by ``anomaly-clip export``
+instead of a checkpoint: the same inference path, thresholds from the file's metadata.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .common import setup_logging
+from .export import onnx_model_command, predict_backend
 from .options import CommandParser, dataclass_flags
 from .settings import ImageSettings, PredictSettings, ReferenceSettings
 from .test import checkpoint_command, load_model, reference_bank
@@ -23,12 +26,17 @@ logger = logging.getLogger(__name__)
 PREDICT_REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
 
 
-def build_predict_parser() -> CommandParser:
-    """The parser of ``predict``: inputs and outputs, model, thresholds, normal references, backbone."""
-    skip = [f for f in ReferenceSettings.__dataclass_fields__ if f not in PREDICT_REFERENCE_FLAGS]
-    command = checkpoint_command("anomaly-clip predict", "Score your own images with a trained model.", "predict",
-                                 [(ImageSettings, "model"), (ReferenceSettings, "few-shot normal references")],
-                                 skip=skip)
+def build_predict_parser(backend: str = "torch") -> CommandParser:
+    """The parser of ``predict``: inputs and outputs, model, thresholds, normal references, backbone;
+    with ``backend="onnxruntime"`` the exported file replaces the checkpoint, backbone, method and
+    reference flags (the graph fixes them)."""
+    if backend == "onnxruntime":
+        command = onnx_model_command()
+    else:
+        skip = [f for f in ReferenceSettings.__dataclass_fields__ if f not in PREDICT_REFERENCE_FLAGS]
+        command = checkpoint_command("anomaly-clip predict", "Score your own images with a trained model.", "predict",
+                                     [(ImageSettings, "model"), (ReferenceSettings, "few-shot normal references")],
+                                     skip=skip)
     flags = dataclass_flags(PredictSettings, "predict")
     flags[0].kwargs.update(required=True, nargs="+")
     command.add_flags(flags, "predict")
@@ -37,8 +45,10 @@ def build_predict_parser() -> CommandParser:
 
 def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     """Parse, score every input, write ``predictions.csv`` (and maps/overlays); return the rows."""
-    command = build_predict_parser()
-    args = command.parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    backend = predict_backend(argv, PREDICT_REFERENCE_FLAGS)
+    args = build_predict_parser(backend).parse(argv)
+    onnx = backend == "onnxruntime"
     from ..engine.calibration import Calibration
     from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
     from ..engine.inference import expand_inputs, predict_files
@@ -47,12 +57,18 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
 
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "predict_log.txt")
-    detector = load_model(args, calibration=args.calibration)
+    if onnx:
+        from ..engine.export import load_onnx
+
+        detector = load_onnx(args.model, device=args.device, calibration=args.calibration, threads=args.threads)
+    else:
+        detector = load_model(args, calibration=args.calibration)
     calibration = detector.calibration or Calibration(method=detector.method_name)
     calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
-    class_name = args.class_name or calibration.provenance.get("class_name")
+    exported_class = detector.metadata.class_name if onnx else None
+    class_name = args.class_name or exported_class or calibration.provenance.get("class_name")
     if class_name and not args.class_name:
-        logger.info("Class name %r from the calibration", class_name)
+        logger.info("Class name %r from the %s", class_name, "exported model" if exported_class else "calibration")
     paths = expand_inputs(args.input)
     logger.info("Scoring %d images with %s (image threshold %s, pixel threshold %s)", len(paths),
                 detector.method_name, calibration.image_threshold, calibration.pixel_threshold)
@@ -68,19 +84,20 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         scorer = partial(predict_with_references, detector, bank=bank, weight=args.reference_weight)
     mine = shard_items(paths, block=args.batch_size)
     rows = predict_files(detector, mine, class_names=[class_name] * len(mine), batch_size=args.batch_size,
-                         num_workers=args.num_workers, precision=args.precision, calibration=calibration,
-                         sink=files if writes_files else None, keep_originals=files.needs_originals,
-                         scorer=scorer)
+                         num_workers=args.num_workers, precision=args.get("precision", "fp32"),
+                         calibration=calibration, sink=files if writes_files else None,
+                         keep_originals=files.needs_originals, scorer=scorer)
     rows = gather_in_order(rows, dst=None)
     if not is_main_process():
         return rows
     table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
-    settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": list(args.input),
+    source = {"model": str(args.model)} if onnx else {"checkpoint": str(args.checkpoint_path)}
+    settings = {"backend": backend, **source, "method": detector.method_name, "inputs": list(args.input),
                 "class_name": class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(files.value_range) if files.value_range else None,
-                "random_init": detector.backbone.config.random_init,
+                "random_init": detector.random_init if onnx else detector.backbone.config.random_init,
                 "references": ({"source": str(args.reference_images), "weight": args.reference_weight}
-                               if args.reference_images else None)}
+                               if bank is not None else None)}
     (Path(args.save_path) / "predict_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     scored = [row for row in rows if not row.error]
     anomalous = sum(1 for row in scored if row.label == 1)

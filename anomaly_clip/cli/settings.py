@@ -12,6 +12,7 @@ from ..engine.config import MAP_FORMATS, METRIC_LEVELS, PRECISIONS
 from ..settings import setting
 
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
+PREDICT_BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
@@ -113,6 +114,9 @@ class PredictSettings:
                                     "decision")
     map_range: Optional[Tuple[float, float]] = setting(None, "colour scale of the overlays (default: the "
                                                              "calibration's map range)", metavar="LOW HIGH")
+    backend: str = setting("torch", "torch: a checkpoint (--checkpoint_path); onnxruntime: an ONNX file written by "
+                                    "'anomaly-clip export' (--model FILE; 'anomaly-clip predict --backend onnxruntime "
+                                    "--help' lists its flags)", choices=PREDICT_BACKENDS)
 
 
 @dataclass
@@ -199,3 +203,27 @@ class ConvertSettings:
     output: str = setting(None, "folder for <split>.jsonl files, or the meta.json to write")
     split: Optional[Tuple[str, ...]] = setting(None, "split(s) to take from a meta.json, or the split names of the "
                                                      "jsonl inputs")
+
+
+@dataclass
+class ExportSettings:
+    """``export``: the ONNX file and what its graph holds."""
+
+    output: str = setting(None, "ONNX file to write (e.g. model.onnx)", metavar="FILE")
+    class_name: Optional[str] = setting(None, "class whose text the graph holds (AA-CLIP's anchors, e.g. 'screw'); "
+                                              "default: the calibration's class, else the generic class (with a "
+                                              "warning); AnomalyCLIP's text does not depend on it")
+    half: bool = setting(False, "float16 weights and detector (for GPUs; half the file size); inputs, outputs, "
+                                "similarities and smoothing stay float32")
+    calibration: Optional[str] = setting(None, "calibration JSON to store instead of <checkpoint>.calibration.json",
+                                         metavar="FILE")
+
+
+@dataclass
+class OnnxModelSettings:
+    """``predict --backend onnxruntime``: the exported file and where ONNX Runtime runs it."""
+
+    model: str = setting(None, "ONNX file written by 'anomaly-clip export' (--device auto runs it on ONNX Runtime's "
+                               "CUDA provider when onnxruntime-gpu is installed, else on the CPU)", metavar="FILE")
+    threads: Optional[int] = setting(None, "CPU threads of one inference (default: ONNX Runtime's, one per physical "
+                                           "core)")

@@ -46,12 +46,14 @@ def build_test_parser() -> CommandParser:
 
 
 def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
-               data_path: Optional[str] = None):
-    """The checkpoint of ``--checkpoint_path`` (read once) with the method and backbone flags applied."""
+               data_path: Optional[str] = None, checkpoint=None):
+    """The checkpoint of ``--checkpoint_path`` (read once; ``checkpoint``: its
+    :class:`~anomaly_clip.engine.checkpoint.CheckpointFile` when already read) with the method and
+    backbone flags applied."""
     from ..engine.checkpoint import identify_checkpoint, load
     from ..engine.registry import find_method
 
-    checkpoint = identify_checkpoint(args.checkpoint_path)
+    checkpoint = checkpoint or identify_checkpoint(args.checkpoint_path)
     method = find_method(checkpoint.method)
     if args.method and find_method(args.method).name != method.name:
         raise ValueError(f"--method {args.method}, but {args.checkpoint_path} holds a {method.name} model")

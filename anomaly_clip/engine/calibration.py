@@ -168,18 +168,20 @@ def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def attach_calibration(detector: "AnomalyDetector", path: str | os.PathLike, required: bool = True) -> Optional[Calibration]:
+def attach_calibration(detector: "AnomalyDetector", path: str | os.PathLike, required: bool = True,
+                       fingerprint: Optional[str] = None) -> Optional[Calibration]:
     """Read the calibration at ``path`` into ``detector.calibration``. It must be of the same
-    method and, when it records one, of the same weights: a mismatch is an error when the file
-    was asked for (``required``) and a warning, the file left unused, when it was only found
-    beside the checkpoint (e.g. a folder retrained after calibrating)."""
+    method and, when it records one, of the same weights (``fingerprint``, by default that of
+    ``detector.trainable_state_dict()``): a mismatch is an error when the file was asked for
+    (``required``) and a warning, the file left unused, when it was only found beside the
+    checkpoint (e.g. a folder retrained after calibrating)."""
     calibration = Calibration.read(path)
     problem = None
     if calibration.method != detector.method_name:
         problem = f"calibration {path} is for {calibration.method}, not {detector.method_name}"
     else:
         recorded = calibration.provenance.get("weights_sha256")
-        if recorded and recorded != weights_fingerprint(detector.trainable_state_dict()):
+        if recorded and recorded != (fingerprint or weights_fingerprint(detector.trainable_state_dict())):
             problem = f"calibration {path} was made for other weights than those loaded"
     if problem is not None:
         if required:

@@ -49,6 +49,9 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     calibration: Optional[Any] = None
     """The post-processor (:class:`~anomaly_clip.engine.calibration.Calibration`) found beside a
     loaded checkpoint (thresholds, score statistics); the inferencer uses it, :meth:`forward` never does."""
+    default_class_name: Optional[str] = None
+    """Class of the images when :meth:`forward` gets no class names (None: the method's generic
+    text, e.g. AA-CLIP's anchors of 'object'); ONNX export sets it to put one class's text in the graph."""
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()
@@ -92,6 +95,12 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
 
     def text_parts_changed(self) -> None:
         """Refresh (or drop) buffers derived from trainable text parts; nothing by default."""
+
+    def class_text(self, class_name: Optional[str] = None) -> Optional[str]:
+        """What the frozen text of :meth:`forward` encodes for images of ``class_name`` (None:
+        :attr:`default_class_name`), e.g. AA-CLIP's class description; None when that text is the
+        same for every class (object-agnostic prompts). ``ValueError`` for a class it cannot score."""
+        return None
 
     def train(self, mode: bool = True) -> "AnomalyDetector":
         """Set the mode; the frozen backbone always stays in eval mode. Leaving training mode
@@ -146,7 +155,15 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
                      statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
         """Decision score of each image from its own outputs and fixed ``statistics`` only, so it
         never depends on the other images of a batch or folder (unlike :meth:`class_image_scores`,
-        an evaluation protocol). By default the raw score."""
+        an evaluation protocol): :meth:`image_score_rule` with this detector's settings."""
+        return self.image_score_rule(self.config, scores, map_peaks, map_floors, statistics)
+
+    @classmethod
+    def image_score_rule(cls, config: MethodConfig, scores: torch.Tensor, map_peaks: torch.Tensor,
+                         map_floors: torch.Tensor, statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
+        """:meth:`image_scores` from the method's settings alone, so that a model run without the
+        detector (an ONNX graph, :class:`~anomaly_clip.engine.export.OnnxDetector`) applies the same
+        rule. By default the raw score."""
         return scores
 
     # ---- learnt state and official checkpoints -------------------------------------------------

@@ -42,6 +42,7 @@ class Method:
     training_config: Optional[Target] = None
     description: str = ""
     final_stage: str = ""
+    exportable: bool = False
 
     @property
     def detector_class(self) -> Type[Any]:
@@ -85,11 +86,11 @@ def registered_methods() -> List[Method]:
 
 def register_method(name: str, detector: Target, config: Target, training: Optional[Target] = None,
                     training_config: Optional[Target] = None, description: str = "",
-                    final_stage: str = "") -> Method:
+                    final_stage: str = "", exportable: bool = False) -> Method:
     """Add a method under ``name`` (see :class:`Method`); a name can be registered once."""
     if name in METHODS:
         raise ValueError(f"method {name!r} is already registered")
-    METHODS[name] = Method(name, detector, config, training, training_config, description, final_stage)
+    METHODS[name] = Method(name, detector, config, training, training_config, description, final_stage, exportable)
     return METHODS[name]
 
 

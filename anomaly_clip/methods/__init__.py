@@ -10,19 +10,20 @@ register_method(
     "anomalyclip", detector=f"{__name__}.anomalyclip.model:AnomalyCLIP",
     config=f"{__name__}.anomalyclip.config:AnomalyCLIPConfig",
     training=f"{__name__}.anomalyclip.training:train", training_config=f"{__name__}.anomalyclip.config:AnomalyCLIPTraining",
-    description="object-agnostic prompts, deep text tokens, DPAM dual path, glocal loss (ICLR 2024)")
+    description="object-agnostic prompts, deep text tokens, DPAM dual path, glocal loss (ICLR 2024)",
+    exportable=True)
 register_method(
     "aaclip", detector=f"{__name__}.aaclip.model:AAClipDetector", config=f"{__name__}.aaclip.config:AAClipConfig",
     training=f"{__name__}.aaclip.training:train", training_config=f"{__name__}.aaclip.config:AAClipTraining",
     description="two-stage residual adapters (text, then image) with a disentangle loss (CVPR 2025)",
-    final_stage="image")
+    final_stage="image", exportable=True)
 register_method(
     "anomalyclip_adapters", detector=f"{__name__}.anomalyclip_adapters.model:PromptAdapterDetector",
     config=f"{__name__}.anomalyclip_adapters.config:PromptAdapterConfig",
     training=f"{__name__}.anomalyclip_adapters.training:train",
     training_config=f"{__name__}.anomalyclip_adapters.config:PromptAdapterTraining",
     description="AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers)",
-    final_stage="image")
+    final_stage="image", exportable=True)
 
 
 def __getattr__(name: str):

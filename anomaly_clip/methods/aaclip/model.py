@@ -27,6 +27,7 @@ from ...data.registry import UnknownDatasetError, get_dataset_info
 from ...engine.detector import AnomalyDetector, PatchFeatures, Prediction
 from ...engine.losses import classification_loss, segmentation_loss
 from ...engine.precision import float32_einsum
+from ...engine.registry import method_of
 from ...engine.smoothing import gaussian_blur
 from . import official
 from .adapters import ImageAdapter, TextAdapter
@@ -36,6 +37,7 @@ from .config import DEFAULT_DOMAIN, DOMAIN_BLUR, TEXT_LOSS_LEVELS, VV_AXES, AACl
 logger = logging.getLogger(__name__)
 
 SIMILARITY_SCALE = 100.0
+_WARNED_UNCALIBRATED = set()  # methods whose missing score statistics were reported (once per process)
 
 
 def dataset_domain(dataset: Optional[str]) -> Optional[str]:
@@ -46,6 +48,16 @@ def dataset_domain(dataset: Optional[str]) -> Optional[str]:
         return get_dataset_info(dataset).domain
     except UnknownDatasetError:
         return None
+
+
+def config_domain(config: AdaptedImageConfig) -> str:
+    """Domain of a configuration: explicit, else the registered dataset's, else industrial."""
+    domain = config.domain or dataset_domain(config.dataset)
+    if domain not in DOMAIN_BLUR:
+        if domain is not None:
+            logger.warning("Unknown domain %r of dataset %r; using %s settings", domain, config.dataset, DEFAULT_DOMAIN)
+        return DEFAULT_DOMAIN
+    return domain
 
 
 def anchor_products(features: torch.Tensor, anchors: torch.Tensor, equation: str) -> torch.Tensor:
@@ -206,7 +218,6 @@ class AdaptedImageDetector(AnomalyDetector):
                                           config.relu).to(backbone.device)
         self.register_buffer("anchor_bank", torch.empty(0, device=backbone.device), persistent=False)
         self.anchor_rows: Dict[str, int] = {}
-        self._warned_uncalibrated = False
 
     # ---- anchors -----------------------------------------------------------------------------
     @abstractmethod
@@ -223,11 +234,12 @@ class AdaptedImageDetector(AnomalyDetector):
         self.anchor_rows = {}
 
     def anchors_for(self, class_names: Optional[Sequence[str]], batch_size: int) -> torch.Tensor:
-        """Fixed anchors (B, E, 2) for a batch's class names (``None``: the generic class), rows of
-        :attr:`anchor_bank`; keys not in the bank yet are computed together and appended."""
-        names = list(class_names) if class_names is not None else [GENERIC_CLASS] * batch_size
-        if len(names) != batch_size:
-            raise ValueError(f"got {len(names)} class names for {batch_size} images")
+        """Fixed anchors (B, E, 2) for a batch's class names (``None``: :attr:`default_class_name`,
+        else the generic class), rows of :attr:`anchor_bank`; keys not in the bank yet are computed
+        together and appended."""
+        if class_names is not None and len(class_names) != batch_size:
+            raise ValueError(f"got {len(class_names)} class names for {batch_size} images")
+        names = list(class_names) if class_names is not None else [self.default_class_name or GENERIC_CLASS]
         keys = self.anchor_keys(names)
         missing = [k for k in dict.fromkeys(keys) if k not in self.anchor_rows]
         if missing:
@@ -236,7 +248,7 @@ class AdaptedImageDetector(AnomalyDetector):
             logger.info("Text anchors computed for %s", ", ".join(repr(k) for k in missing))
             self.anchor_rows.update({k: len(self.anchor_rows) + i for i, k in enumerate(missing)})
             self.anchor_bank = anchors if self.anchor_bank.numel() == 0 else torch.cat([self.anchor_bank, anchors])
-        if class_names is None:  # one generic pair broadcast (any batch size, also when traced)
+        if class_names is None:  # one pair broadcast (any batch size, also when traced or exported)
             row = self.anchor_rows[keys[0]]
             return self.anchor_bank[row:row + 1].expand(batch_size, -1, -1)
         rows = torch.tensor([self.anchor_rows[k] for k in keys], device=self.anchor_bank.device)
@@ -260,13 +272,7 @@ class AdaptedImageDetector(AnomalyDetector):
     @property
     def domain(self) -> str:
         """Explicit domain, else the registered dataset's, else industrial."""
-        domain = self.config.domain or dataset_domain(self.config.dataset)
-        if domain not in DOMAIN_BLUR:
-            if domain is not None:
-                logger.warning("Unknown domain %r of dataset %r; using %s settings", domain, self.config.dataset,
-                               DEFAULT_DOMAIN)
-            return DEFAULT_DOMAIN
-        return domain
+        return config_domain(self.config)
 
     def forward_with_patch_features(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None
                                     ) -> Tuple[Prediction, PatchFeatures]:
@@ -308,20 +314,23 @@ class AdaptedImageDetector(AnomalyDetector):
         return {"score_low": float(scores.min()), "score_high": float(scores.max()),
                 "map_low": float(map_floors.min()), "map_high": float(map_peaks.max())}
 
-    def image_scores(self, scores: torch.Tensor, map_peaks: torch.Tensor, map_floors: torch.Tensor,
-                     statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
+    @classmethod
+    def image_score_rule(cls, config: AdaptedImageConfig, scores: torch.Tensor, map_peaks: torch.Tensor,
+                         map_floors: torch.Tensor, statistics: Optional[Mapping[str, float]] = None) -> torch.Tensor:
         """The fused score of the official evaluation with the calibration's fixed ranges in
-        place of each class's min/max; without calibration statistics the detection score alone."""
-        if self.config.image_score == "detection":
+        place of each class's min/max; without calibration statistics the detection score alone
+        (said once per method and process)."""
+        if config.image_score == "detection":
             return scores
         if not statistics:
-            if not self._warned_uncalibrated:
+            method = method_of(cls)
+            if method not in _WARNED_UNCALIBRATED:
                 logger.warning("%s has no calibration statistics: per-image scores are detection scores; "
-                               "run 'anomaly-clip calibrate' for the fused score", self.method_name)
-                self._warned_uncalibrated = True
+                               "run 'anomaly-clip calibrate' for the fused score", method)
+                _WARNED_UNCALIBRATED.add(method)
             return scores
         return fuse_scores(scores, map_peaks, (statistics["score_low"], statistics["score_high"]),
-                           (statistics["map_low"], statistics["map_high"]), self.domain)
+                           (statistics["map_low"], statistics["map_high"]), config_domain(config))
 
     # ---- training ----------------------------------------------------------------------------
     def image_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -380,6 +389,10 @@ class AAClipDetector(AdaptedImageDetector):
 
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         return [self.describe(name) for name in class_names]
+
+    def class_text(self, class_name: Optional[str] = None) -> Optional[str]:
+        """The class description whose anchors serve images of ``class_name``."""
+        return self.describe(class_name or self.default_class_name or GENERIC_CLASS)
 
     # ---- training ----------------------------------------------------------------------------
     def text_stage_loss(self, images: torch.Tensor, masks: torch.Tensor, class_names: Sequence[str],

@@ -65,12 +65,23 @@ class AnomalyCLIP(AnomalyDetector):
                                for layer in self.config.features_list], dim=1)
         return {"global": F.normalize(visual.global_embedding, dim=-1), "patches": F.normalize(patches, dim=-1)}
 
+    def class_text(self, class_name: Optional[str] = None) -> Optional[str]:
+        """None for object-agnostic prompts; the object-aware ablation's prompt class otherwise."""
+        names = self.prompt_learner.class_names
+        if len(names) == 1:
+            return None
+        chosen = (class_name or self.default_class_name or names[0]).replace("_", " ")
+        if chosen not in names:
+            raise ValueError(f"object-aware prompts know {list(names)}, not {chosen!r}")
+        return chosen
+
     def _text_rows(self, text: torch.Tensor, class_names: Optional[Sequence[str]], batch: int) -> torch.Tensor:
-        """(B, 2, E) text features of each image: the one object-agnostic pair broadcast (any batch
-        size, also when traced), or each class's pair."""
-        if class_names is None or text.shape[0] == 1:
-            return text[:1].expand(batch, -1, -1)
-        return text[self.prompt_learner.class_index(class_names, batch, text.device)]
+        """(B, 2, E) text features of each image: one pair broadcast (the object-agnostic pair, or
+        the :attr:`default_class_name`'s; any batch size, also when traced), or each class's pair."""
+        if class_names is not None and text.shape[0] > 1:
+            return text[self.prompt_learner.class_index(class_names, batch, text.device)]
+        row = 0 if text.shape[0] == 1 else self.prompt_learner.class_names.index(self.class_text())
+        return text[row:row + 1].expand(batch, -1, -1)
 
     def image_logits(self, global_features: torch.Tensor, text_rows: torch.Tensor) -> torch.Tensor:
         """(B, 2) normal/abnormal logits: cosine similarity / temperature."""
