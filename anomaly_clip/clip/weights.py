@@ -24,6 +24,7 @@ from open_clip.factory import load_state_dict
 import torch
 from torch import nn
 
+from ..files import read_error_reason
 from .config import BackboneConfig
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - every reader failure means the same to the user
         raise InvalidWeightsError(
             f"CLIP weights file {path} ({os.path.getsize(path)} bytes)",
-            f"not readable as CLIP weights, maybe truncated by an interrupted download ({error})",
+            f"not readable as CLIP weights ({read_error_reason(error)})",
         ) from error
 
 
