@@ -49,6 +49,8 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     calibration: Optional[Any] = None
     """The post-processor (:class:`~anomaly_clip.engine.calibration.Calibration`) found beside a
     loaded checkpoint (thresholds, score statistics); the inferencer uses it, :meth:`forward` never does."""
+    trained_class_names: Optional[List[str]] = None
+    """Classes of the training data, when the loaded checkpoint records them (ours do)."""
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()
@@ -89,6 +91,12 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
         """:meth:`forward` and the patch features its maps were computed from, in one backbone
         pass (few-shot normal references compare them with a memory bank). Implementations start
         with :meth:`check_images`."""
+
+    def class_key(self, class_name: Optional[str]) -> Optional[str]:
+        """What a class name changes in this detector's outputs: None when they do not depend on
+        it (object-agnostic prompts, the default), else a key that is equal for names scored with
+        the same text (``None`` meaning the detector's generic class). Calibrations compare it."""
+        return None
 
     def text_parts_changed(self) -> None:
         """Refresh (or drop) buffers derived from trainable text parts; nothing by default."""

@@ -217,6 +217,10 @@ class AdaptedImageDetector(AnomalyDetector):
     def anchor_keys(self, class_names: Sequence[str]) -> List[str]:
         """The anchor key of each class name of a batch."""
 
+    def class_key(self, class_name: Optional[str]) -> Optional[str]:
+        """The anchor key (class description) of ``class_name``; the generic class for None."""
+        return self.anchor_keys([class_name or GENERIC_CLASS])[0]
+
     def text_parts_changed(self) -> None:
         """Empty :attr:`anchor_bank`: the anchors are recomputed from the text side on next use."""
         self.anchor_bank = torch.empty(0, device=self.device)

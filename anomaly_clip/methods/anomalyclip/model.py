@@ -65,6 +65,14 @@ class AnomalyCLIP(AnomalyDetector):
                                for layer in self.config.features_list], dim=1)
         return {"global": F.normalize(visual.global_embedding, dim=-1), "patches": F.normalize(patches, dim=-1)}
 
+    def class_key(self, class_name: Optional[str]) -> Optional[str]:
+        """None for object-agnostic prompts; with ``object_classes`` the class whose prompts score
+        the image (the first for ``None``)."""
+        names = self.prompt_learner.class_names
+        if len(names) == 1:
+            return None
+        return class_name.replace("_", " ") if class_name else names[0]
+
     def _text_rows(self, text: torch.Tensor, class_names: Optional[Sequence[str]], batch: int) -> torch.Tensor:
         """(B, 2, E) text features of each image: the one object-agnostic pair broadcast (any batch
         size, also when traced), or each class's pair."""
