@@ -87,7 +87,9 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore", FutureWarning)
                 state_dict = dict(torch.jit.load(path, map_location="cpu").state_dict())
         else:
-            state_dict = load_state_dict(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the weights-only reader's remarks on refused files
+                state_dict = load_state_dict(path)
         if not isinstance(state_dict, dict) or not state_dict:
             raise ValueError(f"holds a {type(state_dict).__name__}, not a CLIP state dict")
         state_dict = dict(state_dict)
