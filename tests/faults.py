@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from anomaly_clip.cli.main import run
+from anomaly_clip.data.synthetic import generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 56
@@ -17,6 +18,12 @@ TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", str(SIZ
         "--num_workers", "0"]
 ANOMALYCLIP_TRAIN = ["--batch_size", "4", "--features_list", "12", "24", *TINY]
 AACLIP_TRAIN = ["--method", "aaclip", "--text_batch_size", "4", "--image_batch_size", "2", *TINY]
+
+
+def small_dataset(factory, seed: int, classes: Sequence[str] = ("fabric",), anomalous: int = 2) -> Path:
+    """A synthetic dataset of 64 px images: per class 2 training, 2 normal and ``anomalous`` test images."""
+    return Path(generate_synthetic_dataset(factory.mktemp("data"), classes=list(classes), n_train=2, n_test_normal=2,
+                                           n_test_anomalous=anomalous, image_size=64, seed=seed))
 
 
 class Payload:

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from anomaly_clip import Inferencer
-from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.calibration import Calibration, NonFiniteError, decide, sidecar_path
 from anomaly_clip.engine.checkpoint import create_detector, load, save_checkpoint
 from anomaly_clip.engine.detector import Prediction
@@ -20,13 +19,12 @@ from anomaly_clip.engine.inference import predict_files
 
 from anomaly_clip.cli.main import run
 
-from faults import SIZE, TINY, fails
+from faults import SIZE, TINY, fails, small_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return Path(generate_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=["fabric", "washer"], n_train=2,
-                                           n_test_normal=2, n_test_anomalous=2, image_size=64, seed=8))
+    return small_dataset(tmp_path_factory, seed=8, classes=("fabric", "washer"))
 
 
 def _detector(method, backbone, seed=0):

@@ -16,16 +16,14 @@ import torch
 from anomaly_clip.cli import main as cli_main
 from anomaly_clip.cli.options import ConfigError
 from anomaly_clip.cli.train import build_train_parser
-from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.checkpoint import create_detector, save_checkpoint
 
-from faults import ANOMALYCLIP_TRAIN, REPO, TINY, fails, one_line
+from faults import ANOMALYCLIP_TRAIN, REPO, TINY, fails, one_line, small_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=["fabric"], n_train=2,
-                                      n_test_normal=2, n_test_anomalous=2, image_size=64, seed=2)
+    return small_dataset(tmp_path_factory, seed=2)
 
 
 @pytest.fixture(scope="module")

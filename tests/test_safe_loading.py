@@ -17,21 +17,19 @@ import numpy as np
 import pytest
 import torch
 
-from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.checkpoint import read_checkpoint, save_checkpoint
 from anomaly_clip.engine.training import read_resume_state
 from anomaly_clip.files import read_torch_file
 from anomaly_clip.methods.anomalyclip import AnomalyCLIP, AnomalyCLIPConfig
 
-from faults import AACLIP_TRAIN, ANOMALYCLIP_TRAIN, REPO, TINY, fails, plant
+from faults import AACLIP_TRAIN, ANOMALYCLIP_TRAIN, REPO, TINY, fails, plant, small_dataset
 
 PACKAGE = REPO / "anomaly_clip"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=["fabric"], n_train=2,
-                                      n_test_normal=2, n_test_anomalous=2, image_size=64, seed=3)
+    return small_dataset(tmp_path_factory, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,16 @@ from PIL import Image
 
 from anomaly_clip import files
 from anomaly_clip.cli.main import run
-from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.checkpoint import read_checkpoint
 from anomaly_clip.files import LOCK_NAME
 from anomaly_clip.metrics import AnomalyEvaluator
 
-from faults import AACLIP_TRAIN, ANOMALYCLIP_TRAIN, REPO, TINY, fails, one_line
+from faults import AACLIP_TRAIN, ANOMALYCLIP_TRAIN, REPO, TINY, fails, one_line, small_dataset
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return generate_synthetic_dataset(tmp_path_factory.mktemp("data"), classes=["fabric"], n_train=2,
-                                      n_test_normal=2, n_test_anomalous=3, image_size=64, seed=6)
+    return small_dataset(tmp_path_factory, seed=6, anomalous=3)
 
 
 def train(data, save, *flags):
