@@ -45,9 +45,11 @@ def fit(detector: Any, data: Any, config: Optional[Any] = None):
     as the official protocols train), or a ready dataset. ``config``: a
     :class:`~anomaly_clip.engine.config.TrainConfig` whose ``method`` holds the method's own
     settings (its ``training_config`` dataclass; None means the official defaults). Stages are
-    the method's business: AA-CLIP trains its text then its image adapters.
+    the method's business: AA-CLIP trains its text then its image adapters. The run holds the
+    lock of ``config.save_path`` (a second run into it stops with an error).
     """
     from .engine.config import TrainConfig
+    from .engine.training import training_lock
 
     spec = find_method(detector.method_name or type(detector).__name__)
     config = config if config is not None else TrainConfig()
@@ -55,4 +57,5 @@ def fit(detector: Any, data: Any, config: Optional[Any] = None):
     if config.method is not None and expected is not None and not isinstance(config.method, expected):
         raise TypeError(f"TrainConfig.method of {spec.name} must be a {expected.__name__}, "
                         f"got {type(config.method).__name__}")
-    return spec.recipe(detector, data, config)
+    with training_lock(config.save_path):
+        return spec.recipe(detector, data, config)

@@ -428,7 +428,9 @@ def test_full_disk_during_training_is_one_line(synthetic_root, tmp_path, monkeyp
         run("train", ["--train_data_path", synthetic_root, "--save_path", str(tmp_path), "--epoch", "1",
                            *TRAIN_FLAGS])
     assert caught.value.code == 2
-    assert last_message(capsys.readouterr().err).startswith("error: [Errno 28] No space left on device")
+    message = last_message(capsys.readouterr().err)
+    assert message.startswith(f"error: cannot write {tmp_path / 'epoch_1.pth'} ([Errno 28] No space left on device)")
+    assert "is the disk full?" in message
     assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob(".*"))
 
 

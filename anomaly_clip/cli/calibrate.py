@@ -6,24 +6,36 @@ normal images, or ``--input`` files/folders/globs of good parts): the ``q`` quan
 scores and of their maps' maxima (``q = 1``: the maximum), so a fraction ``q`` of them is called
 normal with an empty mask. Written to ``<checkpoint>.calibration.json`` unless ``--output``
 names another file (then pass it to ``predict --calibration``).
+
+The scores are those ``predict`` computes with the same flags: ``--class_name`` and the normal
+references (``--reference_images``, ``--reference_weight``) change their scale, so the
+calibration records them and ``predict`` checks that it runs with the same ones.
 """
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .common import setup_logging
 from .options import CommandParser, UsageError
-from .settings import CalibrateSettings, DataSettings, ImageSettings
-from .test import checkpoint_command, load_model
+from .settings import CalibrateSettings, DataSettings, ImageSettings, ReferenceSettings
+from .test import checkpoint_command, load_model, reference_bank
+
+# the reference flags predict has (calibrate takes the same ones)
+REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
 
 
 def build_calibrate_parser() -> CommandParser:
-    """The parser of ``calibrate``: model, images (dataset or files), rule, backbone, method flags."""
+    """The parser of ``calibrate``: model, images (dataset or files), rule, normal references,
+    backbone, method flags."""
+    skip = [name for name in ReferenceSettings.__dataclass_fields__ if name not in REFERENCE_FLAGS]
     return checkpoint_command("anomaly-clip calibrate", "Find image and pixel thresholds and store them with the "
                               "model.", "calibrate", [(ImageSettings, "model"), (DataSettings, "data"),
-                                                      (CalibrateSettings, "calibration")], data_path=False)
+                                                      (CalibrateSettings, "calibration"),
+                                                      (ReferenceSettings, "few-shot normal references")],
+                              data_path=False, skip=skip)
 
 
 def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
@@ -36,13 +48,18 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
         raise UsageError("--input holds normal images only: F1-max needs labels, so give --normal_quantile")
     from ..data.dataset import AnomalyDataset
     from ..data.formats import load_samples
-    from ..engine.calibration import calibrate, image_level_samples, sidecar_path
+    from ..devices import resolve_device
+    from ..engine.calibration import (calibrate, image_level_samples, note_class_choice, references_record,
+                                      sidecar_path)
     from ..engine.inference import collect_outputs, expand_inputs
+    from ..engine.references import predict_with_references
 
+    resolve_device(args.device)
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
     detector = load_model(args, data_path=args.data_path)
     if args.input is not None:
+        note_class_choice(detector, args.class_name)
         paths = expand_inputs(args.input)
         dataset = AnomalyDataset(image_level_samples(paths, args.class_name), "/", image_size=detector.image_size,
                                  mask_interpolation=detector.mask_interpolation, image_level_only=True)
@@ -52,11 +69,16 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
         dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
                                  mask_interpolation=detector.mask_interpolation)
         source = {"data_path": str(args.data_path), "split": args.split, "metadata": args.metadata}
+    bank = reference_bank(args, detector, args.data_path, args.class_name)
+    scorer = partial(predict_with_references, detector, bank=bank, weight=args.reference_weight) if bank else None
     outputs = collect_outputs(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                               precision=args.precision, class_name=args.class_name,
-                              keep_maps=args.normal_quantile is None)
+                              keep_maps=args.normal_quantile is None, scorer=scorer)
+    references = None
+    if bank is not None:
+        references = {"source": str(args.reference_images), **references_record(bank.sources, args.reference_weight)}
     calibration = calibrate(detector, outputs, normal_quantile=args.normal_quantile,
                             provenance={"checkpoint": str(args.checkpoint_path), "class_name": args.class_name,
-                                        **source})
+                                        "references": references, "precision": args.precision, **source})
     calibration.save(output)
     return calibration

@@ -33,7 +33,8 @@ def add_backbone_flags(command: CommandParser, num_workers: bool = True, precisi
     network.add_argument("--download", dest="download", action="store_true", default=None,
                          help="download uncached pretrained weights even if the quick connection check fails "
                               "(default: download only when the hub answers)")
-    command.table.flags["download"] = Flag("download", ["--offline", "--download"], {}, BACKBONE_GROUP)
+    command.table.flags["download"] = Flag("download", ["--offline", "--download"],
+                                           {"action": "store_true", "default": None}, BACKBONE_GROUP)
     skip = tuple(name for name, wanted in (("num_workers", num_workers), ("precision", precision)) if not wanted)
     command.add_flags(dataclass_flags(RunSettings, BACKBONE_GROUP, skip=skip), BACKBONE_GROUP)
 
@@ -94,7 +95,11 @@ def check_method_flags(namespace: Namespace, method: Method, training: bool = Fa
 
 
 def backbone_config(namespace: Namespace, base: BackboneConfig) -> BackboneConfig:
-    """``base`` (the method's defaults or a checkpoint's) updated by the backbone flags given."""
+    """``base`` (the method's defaults or a checkpoint's) updated by the backbone flags given;
+    ``--random_init`` with ``--weights_path`` is a :class:`UsageError` (which one was meant?)."""
+    if namespace.get("weights_path") and namespace.get("random_init"):
+        raise UsageError(f"--random_init and --weights_path {namespace.weights_path} contradict each other: give "
+                         "--weights_path for trained CLIP weights, or --random_init alone for an untrained backbone")
     values = {item.name: namespace.get(item.name) for item in fields(BackboneConfig)
               if item.metadata.get("flag", True) and item.name not in ("weights_path", "random_init")}
     config = base.with_updates(**values)
@@ -163,7 +168,7 @@ def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.t
     main = is_main_process()
     if save_path is not None and main:
         Path(save_path).mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(Path(save_path) / filename))
+        handlers.append(logging.FileHandler(Path(save_path) / filename, delay=True))
     for handler in handlers:
         handler.addFilter(_quiet_open_clip)
     level = (logging.DEBUG if verbose else logging.INFO) if main else logging.WARNING

@@ -1,7 +1,8 @@
 """How the command line ends on failure: problems the user can fix (missing weights, files or
-data, bad settings, a full disk) end in one ``error: ...`` line on stderr and exit status 2,
-Ctrl-C in ``interrupted`` and 130. ``--debug`` or ``ANOMALY_CLIP_DEBUG=1`` re-raises instead, for
-the full traceback.
+data, bad settings, a full disk, a torchrun process that stopped answering) end in one
+``error: ...`` line on stderr and exit status 2, Ctrl-C (also while the command starts: imports,
+model building) in ``interrupted`` and 130. ``--debug`` or ``ANOMALY_CLIP_DEBUG=1`` re-raises
+instead, for the full traceback.
 """
 from __future__ import annotations
 
@@ -37,11 +38,23 @@ def error_message(error: BaseException) -> str:
     message = str(error) or type(error).__name__
     if "\nOriginal Traceback" in message:
         message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-    return message
+    return " ".join(message.split())
 
 
-def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> Any:
-    """Call ``entry(argv)`` (``--debug`` removed) as a program does: see the module docstring."""
+def distributed_timeout(error: BaseException) -> bool:
+    """True for the error a collective raises when another ``torchrun`` process did not answer in time."""
+    if not isinstance(error, RuntimeError) or "torch.distributed" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    text = str(error).lower()
+    return dist.is_available() and dist.is_initialized() and ("timed out" in text or "timeout" in text)
+
+
+def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str], help_command: str = "--help") -> Any:
+    """Call ``entry(argv)`` (``--debug`` removed) as a program does: see the module docstring.
+    ``entry`` may import the command's modules itself, so an interrupt while they load is caught
+    too. A usage error (flags that do not fit together) ends with where the help is, ``help_command``."""
     debug = debug_requested(argv)
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
     if debug:
@@ -52,5 +65,19 @@ def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> A
         sys.stderr.write("interrupted\n")
         raise SystemExit(EXIT_INTERRUPTED) from None
     except USER_ERRORS as error:
-        sys.stderr.write(f"error: {error_message(error)}\n")
+        from .options import UsageError
+
+        message = error_message(error)
+        if isinstance(error, UsageError) and "--help" not in message:
+            message += f"; see '{help_command}'"
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except RuntimeError as error:
+        if not distributed_timeout(error):
+            raise
+        import torch.distributed as dist
+
+        sys.stderr.write(f"error: rank {dist.get_rank()}: another torchrun process did not reach a synchronisation "
+                         f"point in time ({' '.join(str(error).split())[-120:]}): it stopped, hung or died; "
+                         "--dist_timeout SECONDS sets the wait\n")
         raise SystemExit(EXIT_USER_ERROR) from None

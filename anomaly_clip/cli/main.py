@@ -45,7 +45,8 @@ def usage() -> str:
 def run(name: str, argv: Optional[Sequence[str]] = None) -> Any:
     """Run sub-command ``name`` as a program (``train.py`` and ``test.py`` too): errors the user
     can fix end in one line, not a traceback (see :mod:`anomaly_clip.cli.errors`)."""
-    return run_guarded(command(name), list(sys.argv[1:] if argv is None else argv))
+    return run_guarded(lambda arguments: command(name)(arguments), list(sys.argv[1:] if argv is None else argv),
+                       help_command=f"anomaly-clip {name} --help")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -201,6 +201,95 @@ def dataclass_flags(cls: type, group: str, none_defaults: bool = False, skip: It
     return flags
 
 
+_KINDS = {bool: "true or false (a YAML boolean, unquoted)", int: "an integer", float: "a number", str: "a string"}
+_PLURALS = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+_JSONARGPARSE_TYPE = re.compile(r'Parser key "(?P<key>[^"]+)"(?P<element> element \d+)?:\s*Expected a <class '
+                                r"'(?P<type>\w+)'>\. Got value: (?P<value>.*)")
+_REQUIRED = re.compile(r"the following arguments are required: (?P<names>.*)")
+
+
+def flag_kind(flag: Flag) -> Tuple[Optional[type], bool]:
+    """(value type, takes a list) of a flag, from how it converts its arguments."""
+    kwargs = flag.kwargs
+    if kwargs.get("action") in ("store_true", "store_false"):
+        return bool, False
+    many = kwargs.get("nargs") in ("+", "*")
+    kind = kwargs.get("type", str if "choices" in kwargs or not kwargs.get("action") else None)
+    return (kind if kind in _KINDS else None), many
+
+
+def _convert(kind: Optional[type], value: Any) -> Any:
+    """``value`` as ``kind``, or raise ``TypeError``."""
+    if kind is None:
+        return value
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise TypeError
+    if kind is str:
+        if isinstance(value, (str, int, float)):
+            return str(value)
+        raise TypeError
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value.strip())
+        except ValueError:
+            raise TypeError from None
+    if kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError
+            value = int(value)
+        return int(value)
+    return float(value)
+
+
+def flag_value(flag: Flag, key: str, value: Any, source: str) -> Any:
+    """A config-file value converted for ``flag``, or a :class:`ConfigError` naming ``key`` and ``source``."""
+    kind, many = flag_kind(flag)
+    if value is None:
+        if flag.kwargs.get("default") is not None and not many:
+            raise ConfigError(f"{source}: {key} is empty (null); give {_KINDS.get(kind, 'a value')} or remove the key "
+                              "to keep its default")
+        return None
+    if isinstance(value, list) and not many:
+        raise ConfigError(f"{source}: {key} takes one value, got a list {value}")
+    items = value if isinstance(value, list) else [value]
+    try:
+        converted = [_convert(kind, item) for item in items]
+    except TypeError:
+        bad = next(item for item in items if not _convertible(kind, item))
+        what = f"{_KINDS[kind]} or a list of {_PLURALS[kind]}" if many else _KINDS[kind]
+        raise ConfigError(f"{source}: {key} must be {what}, got {bad!r} ({type(bad).__name__})") from None
+    return converted if many else converted[0]
+
+
+def _convertible(kind: Optional[type], value: Any) -> bool:
+    try:
+        _convert(kind, value)
+    except TypeError:
+        return False
+    return True
+
+
+def usage_message(text: str, table: FlagTable) -> str:
+    """jsonargparse's message in the terms of the flags: ``--epoch expects an integer, got 'ten'``."""
+    text = " ".join(text.split())
+    found = _JSONARGPARSE_TYPE.match(text)
+    if found:
+        kind = {"int": int, "float": float, "bool": bool, "str": str}.get(found.group("type"))
+        value = found.group("value")
+        return f"{table.option(found.group('key'))} expects {_KINDS.get(kind, found.group('type'))}, got {value!r}"
+    found = _REQUIRED.match(text)
+    if found:
+        names = [name.strip() for name in found.group("names").split(",")]
+        return "missing " + ", ".join(table.option(name) if name in table.flags and table.flags[name].names[0]
+                                      .startswith("--") else f"the {name} argument" for name in names)
+    return text
+
+
 class CommandParser:
     """A sub-command's parser built from flag groups, with ``--config`` and ``--print_config``.
 
@@ -261,32 +350,43 @@ class CommandParser:
     # ---- config files ---------------------------------------------------------------------------
     def _load(self, text: str) -> Any:
         """jsonargparse's loader: YAML values, and for a whole file the command's section checked
-        against the flag table (unknown keys, choices) with variables expanded."""
+        against the flag table (:meth:`check_values`) with variables expanded."""
         value = yaml.safe_load(text)
         if not isinstance(value, dict):
             return value
-        values = select_section(value, self.section)
+        return self.check_values(select_section(value, self.section), "--config")
+
+    def check_values(self, values: Mapping[str, Any], source: str) -> Dict[str, Any]:
+        """Config-file ``values`` by flag destination (former names renamed), each checked against
+        its flag: known key, type (a quoted number converts, as ``${VAR}`` values are strings; a
+        string is never a boolean; a single value for a list flag is a one-element list), choices.
+        A problem is a :class:`ConfigError` naming the key and ``source``. Values left on unset
+        variables are set aside for :meth:`_check_unset`."""
         renamed = {self.table.renamed.get(key, key): item for key, item in values.items()}
         unknown = sorted(key for key in renamed if key not in self.table.flags)
         if unknown:
-            raise ConfigError(f"unknown {self.section} settings {unknown}; '{self.parser.prog} --help' lists the "
-                              "flags (use their long names with '_')")
-        for key, item in list(renamed.items()):
-            if isinstance(item, UnsetVariable):
-                self._unset[key] = item
-                del renamed[key]
+            raise ConfigError(f"{source}: unknown {self.section} settings {unknown}; '{self.parser.prog} --help' lists "
+                              "the flags (use their long names with '_')")
+        checked: Dict[str, Any] = {}
+        for key, item in renamed.items():
+            if isinstance(item, UnsetVariable) or (isinstance(item, list) and any(isinstance(v, UnsetVariable)
+                                                                                   for v in item)):
+                self._unset[key] = item if isinstance(item, UnsetVariable) else next(
+                    v for v in item if isinstance(v, UnsetVariable))
                 continue
             flag = self.table.flags[key]
-            if isinstance(item, list) and flag.kwargs.get("nargs") is None:
-                raise ConfigError(f"{key} takes one value, got a list {item}")
+            item = flag_value(flag, key, item, source)
             if flag.choices is not None and item is not None:
                 bad = [v for v in (item if isinstance(item, list) else [item]) if v not in flag.choices]
                 if bad:
-                    raise ConfigError(f"{key} must be one of {sorted(map(str, flag.choices))}, got {bad}")
-        return renamed
+                    raise ConfigError(f"{source}: {key} must be one of {sorted(map(str, flag.choices))}, got {bad}")
+            checked[key] = item
+        return checked
 
     def parse(self, argv: Sequence[str]) -> Namespace:
-        """Parse ``argv`` (``--config`` applied first, so flags override it wherever they stand)."""
+        """Parse ``argv`` (``--config`` applied first, so flags override it wherever they stand).
+        Every problem is one :class:`UsageError` (:class:`ConfigError` for a file) line that names
+        the flag or the file and key, and ends with where the help is."""
         argv = list(argv)
         configs, rest, index = [], [], 0
         while index < len(argv):
@@ -300,14 +400,19 @@ class CommandParser:
                 rest.append(argv[index])
             index += 1
         self._unset = {}
+        for item in configs:
+            path = item.split("=", 1)[1] if item.startswith("--config=") else item
+            if item != "--config" and Path(path).is_file():
+                self.check_values(section_values(path, self.section), path)
+        self._unset = {}
         try:
             namespace = self.parser.parse_args(configs + rest)
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001 - jsonargparse reports usage problems as ArgumentError
             self._check_unset(configs, rest)
-            message = str(error).strip().replace("\n", " ")
-            raise (ConfigError if configs else UsageError)(message) from None
+            message = usage_message(str(error), self.table)
+            raise (ConfigError if configs else UsageError)(f"{message}; see '{self.parser.prog} --help'") from None
         self._check_unset(configs, rest)
         return namespace
 

@@ -49,13 +49,15 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     backend = predict_backend(argv, PREDICT_REFERENCE_FLAGS)
     args = build_predict_parser(backend).parse(argv)
     onnx = backend == "onnxruntime"
-    from ..engine.calibration import Calibration
+    from ..engine.calibration import (Calibration, check_inference_settings, note_class_choice, references_record,
+                                      sidecar_path)
     from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
     from ..engine.inference import expand_inputs, predict_files
     from ..engine.outputs import PredictionFiles, common_root, write_predictions_csv
     from ..engine.references import predict_with_references
+    from ..files import atomic_path
 
-    args.device = init_distributed(args.device)
+    args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "predict_log.txt")
     if onnx:
         from ..engine.export import load_onnx
@@ -63,12 +65,22 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         detector = load_onnx(args.model, device=args.device, calibration=args.calibration, threads=args.threads)
     else:
         detector = load_model(args, calibration=args.calibration)
-    calibration = detector.calibration or Calibration(method=detector.method_name)
-    calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
     exported_class = detector.metadata.class_name if onnx else None
-    class_name = args.class_name or exported_class or calibration.provenance.get("class_name")
+    class_name = (args.class_name or exported_class
+                  or (detector.calibration.class_name if detector.calibration else None))
     if class_name and not args.class_name:
         logger.info("Class name %r from the %s", class_name, "exported model" if exported_class else "calibration")
+    calibration = detector.calibration
+    bank = references = None
+    if not onnx:  # an exported graph fixes its class, size and (no) references; load_onnx checked its calibration
+        note_class_choice(detector, class_name)
+        bank = reference_bank(args, detector, None, args.class_name)
+        references = references_record(bank.sources, args.reference_weight) if bank is not None else None
+        calibration = check_inference_settings(detector, calibration,
+                                               args.calibration or str(sidecar_path(args.checkpoint_path)),
+                                               class_name, references, required=args.calibration is not None)
+    calibration = calibration or Calibration(method=detector.method_name)
+    calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
     paths = expand_inputs(args.input)
     logger.info("Scoring %d images with %s (image threshold %s, pixel threshold %s)", len(paths),
                 detector.method_name, calibration.image_threshold, calibration.pixel_threshold)
@@ -76,7 +88,6 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
                             image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
                             value_range=calibration.map_range)
     writes_files = args.save_maps is not None or args.overlays
-    bank = reference_bank(args, detector, None, args.class_name)
     scorer = None
     if bank is not None:
         logger.info("Fusing with normal references of %s (weight %g)", ", ".join(bank.class_names),
@@ -96,12 +107,14 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
                 "class_name": class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(files.value_range) if files.value_range else None,
                 "random_init": detector.random_init if onnx else detector.backbone.config.random_init,
-                "references": ({"source": str(args.reference_images), "weight": args.reference_weight}
-                               if bank is not None else None)}
-    (Path(args.save_path) / "predict_settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+                "references": ({"source": str(args.reference_images), **references} if references else None)}
+    with atomic_path(Path(args.save_path) / "predict_settings.json") as temporary:
+        temporary.write_text(json.dumps(settings, indent=2) + "\n")
     scored = [row for row in rows if not row.error]
     anomalous = sum(1 for row in scored if row.label == 1)
-    logger.info("Wrote %s: %d images scored%s, %d unreadable", table, len(scored),
+    logger.info("Wrote %s: %d images scored%s, %d unreadable or not scored", table, len(scored),
                 f", {anomalous} anomalous" if calibration.image_threshold is not None else " (no threshold: no labels)",
                 len(rows) - len(scored))
+    if not scored:
+        raise ValueError(f"no image was scored: all {len(rows)} failed (the error column of {table} says why)")
     return rows

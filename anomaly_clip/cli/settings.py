@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..engine.config import MAP_FORMATS, METRIC_LEVELS, PRECISIONS
+from ..engine.config import DIST_TIMEOUT_S, MAP_FORMATS, METRIC_LEVELS, PRECISIONS
 from ..settings import setting
 
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
@@ -22,6 +22,9 @@ class RunSettings:
     device: str = setting("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
     precision: str = setting("auto", "auto: bf16/fp16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     num_workers: int = setting(2, "data-loading worker processes")
+    dist_timeout: float = setting(DIST_TIMEOUT_S, "under torchrun: seconds a process waits for the others at a "
+                                                  "synchronisation point before the run stops with an error (a "
+                                                  "stopped or hung process)", metavar="SECONDS")
 
 
 @dataclass

@@ -56,7 +56,8 @@ def load_model(args, method_name: Optional[str] = None, calibration: Optional[st
     checkpoint = checkpoint or identify_checkpoint(args.checkpoint_path)
     method = find_method(checkpoint.method)
     if args.method and find_method(args.method).name != method.name:
-        raise ValueError(f"--method {args.method}, but {args.checkpoint_path} holds a {method.name} model")
+        raise ValueError(f"--method {args.method}, but {args.checkpoint_path} holds a model of {method.name}: drop "
+                         f"--method (the file says which method it is) or give a checkpoint of {args.method}")
     check_method_flags(args, method)
     return load(checkpoint, device=args.device, method_config=method_config_values(args, method, data_path=data_path),
                 configure_backbone=lambda base: backbone_config(args, base), calibration=calibration)
@@ -96,7 +97,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.evaluation import evaluate
 
-    args.device = init_distributed(args.device)
+    args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
         write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))

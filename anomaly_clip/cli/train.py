@@ -42,34 +42,35 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Path:
     from ..data.pseudo_anomaly import PSEUDO_DEFECT_TYPES, PseudoAnomalies
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.registry import find_method
-    from ..engine.training import TrainingData, seed_everything
+    from ..engine.training import TrainingData, seed_everything, training_lock
 
     method = find_method(args.method)
     check_method_flags(args, method, training=True)
-    args.device = init_distributed(args.device)
-    setup_logging(args.save_path, "log.txt")
-    settings = plain_settings(args)
-    if is_main_process():
-        write_resolved_config(settings, "train", args.save_path, source=config_source(args))
-    pseudo = None
-    if args.synthesize_anomalies:
-        pseudo = PseudoAnomalies(args.synthesize_anomalies, tuple(args.synthesize_defects or PSEUDO_DEFECT_TYPES),
-                                 seed=args.seed)
-    elif args.synthesize_defects:
+    if args.synthesize_defects and not args.synthesize_anomalies:
         raise ValueError("--synthesize_defects needs --synthesize_anomalies P with P > 0")
+    settings = plain_settings(args)
     config = TrainConfig(**{name: args[name] for name in TrainConfig.__dataclass_fields__
                             if name in args and name not in ("method", "run_settings")},
                          method=training_settings(args, method), run_settings=settings)
-    seed_everything(config.seed)
-    detector_class = method.detector_class
-    backbone = api.load_backbone(backbone_config(args, detector_class.default_backbone_config()), device=args.device)
-    values = method_config_values(args, method, data_path=args.train_data_path)
-    detector = api.create_detector(method.name, backbone=backbone, config=values)
-    data = TrainingData.from_folder(args.train_data_path, split=args.split, metadata=args.metadata,
-                                    pseudo_anomalies=pseudo)
-    logger.info("Training %s on %s (%s split, %d images): %s / %s", method.name, args.train_data_path, args.split,
-                len(data.samples), json.dumps(detector.config.to_dict()), json.dumps(config.method.__dict__,
-                                                                                     default=str))
-    result = api.fit(detector, data, config)
+    backbone_settings = backbone_config(args, method.detector_class.default_backbone_config())
+    args.device = init_distributed(args.device, timeout=args.dist_timeout)
+    setup_logging(args.save_path, "log.txt")
+    with training_lock(args.save_path):
+        if is_main_process():
+            write_resolved_config(settings, "train", args.save_path, source=config_source(args))
+        pseudo = None
+        if args.synthesize_anomalies:
+            pseudo = PseudoAnomalies(args.synthesize_anomalies,
+                                     tuple(args.synthesize_defects or PSEUDO_DEFECT_TYPES), seed=args.seed)
+        seed_everything(config.seed)
+        backbone = api.load_backbone(backbone_settings, device=args.device)
+        values = method_config_values(args, method, data_path=args.train_data_path)
+        detector = api.create_detector(method.name, backbone=backbone, config=values)
+        data = TrainingData.from_folder(args.train_data_path, split=args.split, metadata=args.metadata,
+                                        pseudo_anomalies=pseudo)
+        logger.info("Training %s on %s (%s split, %d images): %s / %s", method.name, args.train_data_path,
+                    args.split, len(data.samples), json.dumps(detector.config.to_dict()),
+                    json.dumps(config.method.__dict__, default=str))
+        result = api.fit(detector, data, config)
     logger.info("Training finished; last checkpoint: %s", result.final_checkpoint)
     return result.final_checkpoint

@@ -24,6 +24,7 @@ from open_clip.factory import load_state_dict
 import torch
 from torch import nn
 
+from ..files import read_error_reason
 from .config import BackboneConfig
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
                 warnings.simplefilter("ignore", FutureWarning)
                 state_dict = dict(torch.jit.load(path, map_location="cpu").state_dict())
         else:
-            state_dict = load_state_dict(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the weights-only reader's remarks on refused files
+                state_dict = load_state_dict(path)
         if not isinstance(state_dict, dict) or not state_dict:
             raise ValueError(f"holds a {type(state_dict).__name__}, not a CLIP state dict")
         state_dict = dict(state_dict)
@@ -96,7 +99,7 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - every reader failure means the same to the user
         raise InvalidWeightsError(
             f"CLIP weights file {path} ({os.path.getsize(path)} bytes)",
-            f"not readable as CLIP weights, maybe truncated by an interrupted download ({error})",
+            f"not readable as CLIP weights ({read_error_reason(error)})",
         ) from error
 
 

@@ -11,7 +11,15 @@ per-image score, see :meth:`AnomalyDetector.image_scores`), the range of the cal
 (a fixed colour scale for overlays) and where they came from.
 
 Decisions are ``score >= image_threshold`` and ``map >= pixel_threshold``. Pixel thresholds are
-found on maps at model resolution and applied to maps upsampled to the original resolution.
+found on maps at model resolution and applied to maps upsampled to the original resolution. A
+NaN or infinite score or map value is never decided on (:class:`NonFiniteError`).
+
+A calibration also records the inference settings that set the scale of the scores: image size,
+the class names whose text the detector used (for detectors whose outputs depend on them, see
+:meth:`~anomaly_clip.engine.detector.AnomalyDetector.class_text`) and the normal references fused
+in (their images and weight). Used with other settings, its thresholds would decide on another
+scale: :func:`check_inference_settings` refuses an explicitly given calibration and leaves a
+sidecar unused, with a warning, as :func:`attach_calibration` does for other weights.
 """
 from __future__ import annotations
 
@@ -55,16 +63,57 @@ class Decision:
     masks: Optional[Union[torch.Tensor, List[torch.Tensor]]]
 
 
+class NonFiniteError(ValueError):
+    """Scores or maps hold NaN or infinite values, on which no decision is made."""
+
+
+def non_finite_count(values: torch.Tensor | Sequence[torch.Tensor]) -> Tuple[int, int]:
+    """(items holding a NaN or infinite value, items): per score, or per map of a (B, H, W) tensor / list."""
+    if isinstance(values, torch.Tensor) and values.ndim <= 1:
+        return int((~torch.isfinite(values)).sum()), values.numel()
+    bad = sum(int(not bool(torch.isfinite(item).all())) for item in values)
+    return bad, len(values)
+
+
+def require_finite(values: torch.Tensor | Sequence[torch.Tensor], what: str) -> None:
+    """:class:`NonFiniteError` when any of ``values`` (scores, or maps) is NaN or infinite."""
+    bad, total = non_finite_count(values)
+    if bad:
+        raise NonFiniteError(f"{bad} of {total} {what} are NaN or infinite: no decision is made on them (a diverged "
+                             "model, or float16 overflow: try --precision fp32)")
+
+
 def decide(scores: torch.Tensor, maps: Optional[Union[torch.Tensor, List[torch.Tensor]]],
            image_threshold: Optional[float], pixel_threshold: Optional[float]) -> Decision:
     """Labels ``score >= image_threshold`` (B,) and masks ``map >= pixel_threshold`` (a (B, H, W)
-    tensor or a list of maps), compared in float64; None where a threshold (or the maps) is missing."""
-    labels = scores.double() >= image_threshold if image_threshold is not None else None
+    tensor or a list of maps), compared in float64; None where a threshold (or the maps) is missing.
+    Raises :class:`NonFiniteError` for a NaN or infinite score (or map value, when masks are
+    asked for): it would otherwise silently become "normal"."""
+    labels = None
+    if image_threshold is not None:
+        require_finite(scores, "image scores")
+        labels = scores.double() >= image_threshold
     masks = None
     if pixel_threshold is not None and maps is not None:
+        require_finite(maps, "anomaly maps")
         masks = [m.double() >= pixel_threshold for m in maps] if isinstance(maps, list) else \
             maps.double() >= pixel_threshold
     return Decision(labels=labels, masks=masks)
+
+
+def degenerate_statistics(statistics: Mapping[str, float]) -> Optional[str]:
+    """Why score statistics cannot be used, or None: a NaN/infinite value, or a ``<name>_low`` /
+    ``<name>_high`` range that is empty (one calibration image, or copies of one), which would
+    rescale every later score to -inf, NaN or +inf."""
+    for name, value in statistics.items():
+        if not math.isfinite(float(value)):
+            return f"{name} is {value}"
+    for name, low in statistics.items():
+        high_name = name[:-len("_low")] + "_high" if name.endswith("_low") else None
+        if high_name in statistics and not float(statistics[high_name]) > float(low):
+            return (f"{name} = {high_name} = {float(low):.6g}: every calibration image gave the same value (one "
+                    "image, or copies of one)")
+    return None
 
 
 @dataclass
@@ -91,6 +140,9 @@ class Calibration:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
+        problem = degenerate_statistics(self.score_statistics)
+        if problem is not None:
+            raise ValueError(f"unusable score statistics ({problem}); calibrate on several different images")
         if self.map_range is not None:
             low, high = (float(v) for v in self.map_range)
             if not high > low:
@@ -124,6 +176,16 @@ class Calibration:
         """Labels and masks of a :class:`~anomaly_clip.engine.detector.Prediction` (None where no
         threshold is known)."""
         return decide(prediction.scores, prediction.maps, self.image_threshold, self.pixel_threshold)
+
+    @property
+    def class_name(self) -> Optional[str]:
+        """The class name predictions default to: the one calibrated with ``--class_name``, else the
+        only class of the calibration set (None for several)."""
+        named = self.provenance.get("class_name")
+        if named:
+            return named
+        names = self.provenance.get("class_names") or []
+        return names[0] if len(names) == 1 else None
 
     def to_dict(self) -> Dict[str, Any]:
         values = asdict(self)
@@ -175,7 +237,13 @@ def attach_calibration(detector: "AnomalyDetector", path: str | os.PathLike, req
     ``detector.trainable_state_dict()``): a mismatch is an error when the file was asked for
     (``required``) and a warning, the file left unused, when it was only found beside the
     checkpoint (e.g. a folder retrained after calibrating)."""
-    calibration = Calibration.read(path)
+    try:
+        calibration = Calibration.read(path)
+    except ValueError as error:
+        if required:
+            raise
+        logger.warning("%s; not using it (calibrate again)", error)
+        return None
     problem = None
     if calibration.method != detector.method_name:
         problem = f"calibration {path} is for {calibration.method}, not {detector.method_name}"
@@ -192,6 +260,75 @@ def attach_calibration(detector: "AnomalyDetector", path: str | os.PathLike, req
     logger.info("Calibration from %s: image threshold %s, pixel threshold %s (%s)", path,
                 calibration.image_threshold, calibration.pixel_threshold, calibration.rule)
     return calibration
+
+
+def references_record(sources: Mapping[str, Sequence[str]], weight: float) -> Dict[str, Any]:
+    """What a calibration records of the normal references fused in: their weight, count and a
+    SHA-256 of their (class, absolute path) pairs (the same images give the same record, whether
+    given as a folder or a saved memory bank)."""
+    pairs = sorted((str(name), os.path.abspath(path)) for name, paths in sources.items() for path in paths)
+    digest = hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+    return {"weight": float(weight), "images": len(pairs), "sha256": digest}
+
+
+def inference_differences(calibration: Calibration, detector: "AnomalyDetector", class_name: Optional[str],
+                          references: Optional[Mapping[str, Any]]) -> List[str]:
+    """How the settings of a prediction (image size, class name, normal references) differ from
+    those ``calibration`` was made with, as phrases; empty when its thresholds apply."""
+    record = calibration.provenance
+    differences = []
+    size = record.get("image_size")
+    if size is not None and int(size) != detector.image_size:
+        differences.append(f"image size {detector.image_size} (calibrated at {size})")
+    key = detector.class_text(class_name)
+    names = record.get("class_names") or ([record["class_name"]] if record.get("class_name") else [])
+    if key is not None and names and key not in {detector.class_text(name) for name in names}:
+        shown = repr(class_name) if class_name else "no class name (the generic class)"
+        differences.append(f"{shown} (calibrated on {', '.join(map(repr, names))})")
+    recorded = record.get("references")
+    if (recorded is None) != (references is None):
+        differences.append("normal references fused in (calibrated without)" if recorded is None
+                           else "no normal references (calibrated with them fused in)")
+    elif recorded is not None and (float(recorded.get("weight", -1)) != float(references["weight"])
+                                   or recorded.get("sha256") != references.get("sha256")):
+        differences.append(f"normal references: {references['images']} images, weight {references['weight']:g} "
+                           f"(calibrated with other ones: {recorded.get('images')} images, weight "
+                           f"{recorded.get('weight')})")
+    return differences
+
+
+def check_inference_settings(detector: "AnomalyDetector", calibration: Optional[Calibration], source: str,
+                             class_name: Optional[str], references: Optional[Mapping[str, Any]],
+                             required: bool) -> Optional[Calibration]:
+    """``calibration`` when it was made with the settings of this prediction, else (see the module
+    docstring) a :class:`ValueError` when it was asked for (``required``), or None with a warning
+    when it was only found beside the checkpoint."""
+    if calibration is None:
+        return None
+    differences = inference_differences(calibration, detector, class_name, references)
+    if not differences:
+        return calibration
+    problem = (f"calibration {source} was made with other inference settings than this prediction's: "
+               f"{'; '.join(differences)}; its thresholds and score ranges belong to another score scale")
+    if required:
+        raise ValueError(f"{problem}. Calibrate again with the same settings (calibrate takes the same "
+                         "--class_name and --reference_images flags), or drop --calibration")
+    logger.warning("%s; not using it (calibrate again with the same settings)", problem)
+    return None
+
+
+def note_class_choice(detector: "AnomalyDetector", class_name: Optional[str]) -> None:
+    """Warn when a detector whose outputs depend on the class name gets none: say which text it
+    uses instead and, when its checkpoint records them, which classes it was trained on."""
+    key = detector.class_text(class_name)
+    if class_name or key is None:
+        return
+    trained = detector.trained_class_names
+    if trained and key in {detector.class_text(name) for name in trained}:
+        return
+    known = f"; it was trained on {', '.join(map(repr, trained))}" if trained else ""
+    logger.warning("No class name given: %s scores with the anchors of the generic class (%r)%s. Pass --class_name "
+                   "NAME (the class of these images) for its own anchors", detector.method_name, key, known)
 
 
 @dataclass
@@ -222,7 +359,16 @@ def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_q
               provenance: Optional[Dict[str, Any]] = None) -> Calibration:
     """Thresholds from a detector's outputs: F1-max on a labelled set, or the ``normal_quantile``
     of the normal images' per-image scores and map maxima."""
+    bad, total = non_finite_count(outputs.scores)
+    bad_maps = int((~torch.isfinite(outputs.map_peaks) | ~torch.isfinite(outputs.map_floors)).sum())
+    if bad or bad_maps:
+        raise NonFiniteError(f"cannot calibrate: {max(bad, bad_maps)} of {total} images have NaN or infinite scores "
+                             "or maps (a diverged model, or float16 overflow: try --precision fp32)")
     statistics = detector.score_statistics(outputs.scores, outputs.map_peaks, outputs.map_floors)
+    problem = degenerate_statistics(statistics)
+    if problem is not None:
+        raise ValueError(f"cannot calibrate {detector.method_name} on these {total} images: its score ranges are "
+                         f"empty ({problem}); calibrate on several different images")
     scores = detector.image_scores(outputs.scores, outputs.map_peaks, outputs.map_floors, statistics).float()
     labels = outputs.labels
     normal = ~labels

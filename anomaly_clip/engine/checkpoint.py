@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import torch
 
 from ..clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
-from ..files import atomic_path
+from ..files import atomic_path, read_torch_file
 from .calibration import attach_calibration, sidecar_path
 from .config import MethodConfig
 from .detector import AnomalyDetector
@@ -30,7 +30,8 @@ FORMAT_VERSION = 1
 
 def atomic_save(payload: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`anomaly_clip.files.atomic_path`: an interrupted run or a full
-    disk never leaves a truncated checkpoint under ``path`` (an earlier file there stays intact)."""
+    disk never leaves a truncated checkpoint under ``path`` (an earlier file there stays intact);
+    a full disk is one :class:`OSError` naming the file and the free space."""
     path = Path(path)
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
@@ -59,18 +60,14 @@ def save_checkpoint(path: str | os.PathLike, detector: AnomalyDetector, **extra:
     return saved
 
 
-def read_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
-    """The dictionary in the torch file ``path`` (tensors only: ``weights_only``); a missing,
-    unreadable or non-dictionary file is an error naming it."""
+def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint") -> Dict[str, Any]:
+    """The dictionary in the torch file ``path``, read weights-only
+    (:func:`anomaly_clip.files.read_torch_file`: tensors and plain containers, never code); a
+    missing, refused, unreadable or non-dictionary file is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path} is not a readable torch checkpoint: {error}") from error
+    checkpoint = read_torch_file(path, role)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a {role} dictionary")
     return checkpoint
 
 
@@ -177,6 +174,7 @@ def load(checkpoint: str | os.PathLike | CheckpointFile, device: Optional[torch.
     detector = cls(backbone, cls.config_class.from_dict(config_values)).to(backbone.device)
     if own:
         detector.load_trainable_state_dict(payload["state_dict"])
+        detector.trained_class_names = list(payload.get("class_names") or []) or None
     else:
         detector.load_official_checkpoint(payload)
     detector.eval()
@@ -195,7 +193,8 @@ def initialise_from_checkpoint(detector: AnomalyDetector, path: str | os.PathLik
     The detector keeps its own configuration; the file's weights must fit it."""
     method, payload, own = identify_checkpoint(path)
     if method != detector.method_name:
-        raise ValueError(f"--init_checkpoint {path} holds a {method} model, but this run trains {detector.method_name}")
+        raise ValueError(f"--init_checkpoint {path} holds a model of {method}, but this run trains "
+                         f"{detector.method_name}: give a checkpoint of {detector.method_name} or --method {method}")
     if own:
         detector.load_trainable_state_dict(payload["state_dict"])
     else:

@@ -11,6 +11,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "off", "device", "host", "disk")
 METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 MAP_FORMATS = ("npz", "png16")
+DIST_TIMEOUT_S = 600.0  # seconds a torchrun process waits in a collective for the others
 
 
 @dataclass

@@ -52,6 +52,8 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     default_class_name: Optional[str] = None
     """Class of the images when :meth:`forward` gets no class names (None: the method's generic
     text, e.g. AA-CLIP's anchors of 'object'); ONNX export sets it to put one class's text in the graph."""
+    trained_class_names: Optional[List[str]] = None
+    """Classes of the training data, when the loaded checkpoint records them (ours do)."""
 
     def __init__(self, backbone: CLIPBackbone, config: MethodConfig):
         super().__init__()
@@ -99,7 +101,8 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def class_text(self, class_name: Optional[str] = None) -> Optional[str]:
         """What the frozen text of :meth:`forward` encodes for images of ``class_name`` (None:
         :attr:`default_class_name`), e.g. AA-CLIP's class description; None when that text is the
-        same for every class (object-agnostic prompts). ``ValueError`` for a class it cannot score."""
+        same for every class (object-agnostic prompts). Names scored with the same text give the same
+        value, so calibrations and exports compare it. ``ValueError`` for a class it cannot score."""
         return None
 
     def train(self, mode: bool = True) -> "AnomalyDetector":

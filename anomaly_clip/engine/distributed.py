@@ -20,12 +20,13 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
 from ..devices import launched_by_torchrun, resolve_device
+from .config import DIST_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
+DEFAULT_TIMEOUT = timedelta(seconds=DIST_TIMEOUT_S)
 
 
 def is_distributed() -> bool:
@@ -45,15 +46,22 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device: str | torch.device = "auto", timeout: timedelta = DEFAULT_TIMEOUT) -> str:
+def init_distributed(device: str | torch.device = "auto", timeout: timedelta | float = DEFAULT_TIMEOUT) -> str:
     """Join ``torchrun``'s process group when launched by it and return this process's device.
 
-    Outside ``torchrun`` the device is returned as given and nothing else happens. The group is
-    joined once per process (NCCL when the device is a GPU, gloo otherwise) and left at exit.
+    Outside ``torchrun`` the device is checked (:func:`~anomaly_clip.devices.resolve_device`) and
+    returned as given. The group is joined once per process (NCCL when the device is a GPU, gloo
+    otherwise) and left at exit. ``timeout`` (a ``timedelta`` or seconds) bounds how long a
+    collective waits for the other processes: a stopped or hung process then ends the run with
+    an error instead of holding the others.
     """
+    resolved = resolve_device(device)
     if not launched_by_torchrun():
         return str(device)
-    resolved = resolve_device(device)
+    if not isinstance(timeout, timedelta):
+        if not timeout > 0:
+            raise ValueError(f"--dist_timeout must be a positive number of seconds, got {timeout}")
+        timeout = timedelta(seconds=float(timeout))
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     if not dist.is_initialized():

@@ -31,6 +31,8 @@ class EpochBatchSampler(Sampler[List[int]]):
     """Shuffled batches whose order depends only on ``seed`` and the epoch number."""
 
     def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"the batch size must be at least 1, got {batch_size}")
         self.size, self.batch_size, self.seed, self.shuffle = size, batch_size, seed, shuffle
         self.epoch = 0
 

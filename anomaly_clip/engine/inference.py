@@ -204,15 +204,17 @@ def iterate_batches(detector: AnomalyDetector, dataset: Dataset, batch_size: int
 
 def collect_outputs(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
                     precision: str = "auto", class_name: Optional[str] = None, keep_maps: bool = True,
-                    progress: bool = True) -> CalibrationOutputs:
-    """Run ``detector`` over an :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name``
-    replaces the dataset's class names (predict then uses it by default). The maps are kept on
-    the host only with ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
+                    progress: bool = True, scorer: Optional[BatchScorer] = None) -> CalibrationOutputs:
+    """Run ``detector`` (or ``scorer``, e.g. fused with normal references) over an
+    :class:`~anomaly_clip.data.dataset.AnomalyDataset`; ``class_name`` replaces the dataset's
+    class names (predict then uses it by default). The maps are kept on the host only with
+    ``keep_maps`` (pixel F1-max needs them, quantiles need only their maxima)."""
     has_masks = keep_maps and getattr(dataset, "has_masks", False)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("scores", "peaks", "floors", "labels", "maps", "masks")}
     names: List[str] = []
     for output in iterate_batches(detector, dataset, batch_size=batch_size, num_workers=num_workers,
-                                  precision=precision, class_name=class_name, progress=progress, desc="calibrate"):
+                                  precision=precision, class_name=class_name, progress=progress, desc="calibrate",
+                                  scorer=scorer):
         parts["scores"].append(output.scores)
         parts["peaks"].append(output.map_peaks)
         parts["floors"].append(output.map_floors)
@@ -254,7 +256,8 @@ def predict_files(detector: AnomalyDetector, paths: Sequence[str | os.PathLike],
 
     The score is the per-image score of ``calibration`` (a
     :class:`~anomaly_clip.engine.calibration.Calibration`, by default ``detector.calibration``;
-    the raw score without one) and the label its decision when it has an image threshold. Maps
+    the raw score without one) and the label its decision when it has an image threshold. An
+    image whose score or map holds NaN or infinity gets an error and no score or label. Maps
     are resized to each image's original size on the device (``original_size``) and handed to
     ``sink`` (with the original RGB array when ``keep_originals``) or kept in the rows
     (``keep_maps``). ``scorer`` as for :func:`iterate_batches`.
@@ -269,9 +272,14 @@ def predict_files(detector: AnomalyDetector, paths: Sequence[str | os.PathLike],
         by_path = {path: ImagePrediction(path, error=error) for path, error in output.failed}
         if output.paths:
             scores = post.image_scores(detector, output.scores, output.map_peaks, output.map_floors)
-            labels = post.decide_images(scores)
+            finite = (torch.isfinite(scores) & torch.isfinite(output.map_peaks) & torch.isfinite(output.map_floors)).cpu()
+            labels = post.decide_images(torch.where(finite.to(scores.device), scores, 0.0))
             maps = output.original_maps if original_size else list(output.maps)
             for index, (path, score, anomaly_map) in enumerate(zip(output.paths, scores.cpu().tolist(), maps)):
+                if not finite[index]:
+                    by_path[path] = ImagePrediction(path, error=f"the model's score or map is not finite ({score}): "
+                                                                "no decision (a diverged model, or float16 overflow)")
+                    continue
                 label = int(labels[index]) if labels is not None else None
                 row = ImagePrediction(path, score=score, label=label, size=output.sizes[index],
                                       map=anomaly_map if keep_maps else None)
@@ -281,15 +289,16 @@ def predict_files(detector: AnomalyDetector, paths: Sequence[str | os.PathLike],
         rows += [by_path[path] for path in output.order]
     failed = sum(1 for row in rows if row.error)
     if failed:
-        logger.warning("%d of %d files could not be read and were skipped (see the error column)", failed, len(rows))
+        logger.warning("%d of %d files could not be read or scored and were skipped (see the error column)", failed,
+                       len(rows))
     return rows
 
 
 def raise_for_errors(rows: Sequence[ImagePrediction]) -> None:
-    """Raise :class:`UnreadableImageError` naming every file that could not be read."""
+    """Raise :class:`UnreadableImageError` naming every file that could not be read or scored."""
     errors = [row.error for row in rows if row.error]
     if errors:
-        raise UnreadableImageError(f"{len(errors)} unreadable file(s):\n  " + "\n  ".join(errors))
+        raise UnreadableImageError(f"{len(errors)} file(s) could not be read or scored:\n  " + "\n  ".join(errors))
 
 
 class Inferencer:

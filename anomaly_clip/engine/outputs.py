@@ -1,5 +1,7 @@
 """The files ``anomaly-clip predict`` writes: ``predictions.csv``, maps at the original
-resolution (``.npz`` or 16-bit PNG) and overlay panels on a shared colour scale."""
+resolution (``.npz`` or 16-bit PNG) and overlay panels on a shared colour scale. Each file is
+written all or nothing (:mod:`anomaly_clip.files`): a full disk never leaves a truncated file
+under its final name."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from ..files import atomic_path
 from .config import MAP_FORMATS
 from .inference import ImagePrediction
 from .visualization import prediction_panel, save_panel
@@ -25,8 +28,7 @@ def write_predictions_csv(rows: Sequence[ImagePrediction], path: str | os.PathLi
     """``path,score,label,error``: label 0/1 or empty when no threshold is known, score empty for
     skipped files."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for row in rows:
@@ -126,9 +128,11 @@ class PredictionFiles:
     def __call__(self, row: ImagePrediction, anomaly_map: torch.Tensor, original: Optional[np.ndarray]) -> None:
         values = anomaly_map.float().cpu().numpy()
         if self.save_maps == "npz":
-            np.savez_compressed(self.target("maps", row.path, ".npz"), map=values, score=np.float32(row.score))
+            with atomic_path(self.target("maps", row.path, ".npz")) as temporary:
+                np.savez_compressed(temporary, map=values, score=np.float32(row.score))
         elif self.save_maps == "png16":
-            write_map_png16(values, self.target("maps", row.path, ".png"))
+            with atomic_path(self.target("maps", row.path, ".png")) as temporary:
+                write_map_png16(values, temporary)
         if self.overlays:
             if original is None:
                 raise ValueError("overlays need the original images (predict_files(..., keep_originals=True))")
@@ -139,4 +143,5 @@ class PredictionFiles:
                                "image's); calibrate the model for a fixed scale", *self.value_range)
             mask = values >= self.pixel_threshold if self.pixel_threshold is not None else None
             panel = prediction_panel(original, values, self.value_range, mask, self.caption(row))
-            save_panel(panel, self.target("overlays", row.path, ".png"))
+            with atomic_path(self.target("overlays", row.path, ".png")) as temporary:
+                save_panel(panel, temporary)

@@ -39,6 +39,7 @@ from ..data.dataset import AnomalyDataset
 from ..data.fewshot import folder_references, normal_references
 from ..data.formats import load_samples
 from ..data.records import Sample, class_names as ordered_class_names
+from ..files import read_torch_file
 from .checkpoint import atomic_save
 from .detector import AnomalyDetector, PatchFeatures, Prediction
 from .feature_cache import choose_cache_mode
@@ -251,7 +252,9 @@ class MemoryBank:
     @classmethod
     def load(cls, path: str | os.PathLike, detector: AnomalyDetector,
              max_elements: int = DEFAULT_MAX_ELEMENTS) -> "MemoryBank":
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch_file(path, "memory bank")
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} holds a {type(state).__name__}, not a memory bank")
         return cls.from_state_dict(state, detector, max_elements)
 
 

@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import random
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,11 +29,13 @@ from tqdm.auto import tqdm
 from ..data.formats import load_samples
 from ..data.pseudo_anomaly import PseudoAnomalies
 from ..data.records import Sample
+from ..clip.config import BackboneConfig
+from ..files import FolderLockedError, folder_lock, read_torch_file
 from .checkpoint import atomic_save, checkpoint_payload, initialise_from_checkpoint
 from .config import TrainConfig
 from .detector import AnomalyDetector
 from .distributed import (all_gather_objects, average_gradients, barrier, broadcast_gradients,
-                          broadcast_parameters, is_distributed, is_main_process)
+                          broadcast_object, broadcast_parameters, is_distributed, is_main_process)
 from .precision import autocast, autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -151,25 +154,47 @@ class StageLoop:
             raise TypeError("training under torchrun needs an EpochLoader, which splits every global batch "
                             "across the processes")
         self.parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        names = getattr(getattr(loader, "dataset", None), "class_names", None)
+        self.class_names = [str(n) for n in names] if isinstance(names, (list, tuple)) else []
         self.device = detector.device
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=autocast_dtype(self.device, config.precision) == torch.float16)
 
     def restore(self) -> int:
-        """The epoch to start from: that of the stage's last checkpoint with ``resume``, else 0."""
+        """The epoch to start from: that of the stage's resume file with ``resume``, else 0.
+
+        The file is read weights-only and must come from a run of the same method, stage and
+        architecture (:func:`check_resumable`). The checkpoint and official files of the resumed
+        epoch are written again if a kill removed them (:func:`save_epoch` writes the resume
+        file last, so they exist unless an earlier version wrote them in another order).
+        """
         start_epoch = 0
         resume_file = resume_path(self.output_dir, self.stage)
         if self.config.resume and resume_file.is_file():
-            state = torch.load(resume_file, map_location="cpu", weights_only=False)
-            self.detector.load_trainable_state_dict(state["state_dict"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state.get("scheduler") is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            start_epoch = int(state["epoch"])
+            state = read_resume_state(resume_file)
+            check_resumable(state, self.detector, self.stage, resume_file)
+            try:
+                self.detector.load_trainable_state_dict(state["state_dict"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                if self.scheduler is not None and state.get("scheduler") is not None:
+                    self.scheduler.load_state_dict(state["scheduler"])
+                set_rng_state(state["rng"])
+                start_epoch = int(state["epoch"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as error:
+                raise ValueError(f"cannot resume from {resume_file}: {' '.join(str(error).split())}; delete it to "
+                                 "start over (the epoch checkpoints beside it are kept)") from None
+            if start_epoch > self.epochs:
+                raise ValueError(f"cannot resume from {resume_file}: it is at epoch {start_epoch}, past the "
+                                 f"{self.epochs} epochs of this run's {self.label} stage; ask for {start_epoch} or "
+                                 "more epochs, or train into another --save_path")
             logger.info("Resumed stage %r from %s at epoch %d", self.label, resume_file, start_epoch)
+            if start_epoch == self.epochs:
+                logger.info("Stage %r had already finished its %d epochs: nothing left to train (more epochs "
+                            "continue it)", self.label, self.epochs)
+            if is_main_process():
+                complete_epoch_files(state, self.detector, self.output_dir, self.stage, start_epoch,
+                                     self.config.export_official)
+            barrier()
         elif self.config.resume:
             logger.info("No checkpoint to resume at %s; starting from scratch", resume_file)
         broadcast_parameters(self.parameters)
@@ -225,7 +250,7 @@ class StageLoop:
         path = checkpoint_path(self.output_dir, self.stage, epoch + 1)
         if is_main_process():
             save_epoch(self.detector, self.optimizer, self.scheduler, self.output_dir, self.stage, epoch + 1,
-                       self.config.export_official, self.config.run_settings)
+                       self.config.export_official, self.config.run_settings, self.class_names)
         barrier()
         return path
 
@@ -269,21 +294,136 @@ def _sum_over_processes(sums: Dict[str, float]) -> Dict[str, float]:
     return total
 
 
+RESUME_ONLY_KEYS = ("optimizer", "scheduler", "rng")
+# backbone settings that change what a stage learns (where the weights come from does not)
+ARCHITECTURE_BACKBONE_FIELDS = ("model_name", "random_init", "activation", "image_size", "pos_embed_interpolation")
+
+
+def rng_state() -> Dict[str, Any]:
+    """The random states of torch (CPU), NumPy and Python as plain data (tensors, numbers,
+    tuples), so a resume file loads weights-only."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = {"bit_generator": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore :func:`rng_state` (or the NumPy tuple written by earlier versions)."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["bit_generator"], numpy_state["keys"].numpy().astype(np.uint32),
+                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+def _legacy_numpy_types() -> List[Any]:
+    """What resume files of earlier versions need beyond plain data: NumPy's RNG key array."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_resume_state(path: str | os.PathLike) -> Dict[str, Any]:
+    """A stage's resume file, read weights-only (plain data and tensors; NumPy arrays of
+    files written by earlier versions): a planted pickle runs nothing, a truncated file is an
+    error naming it."""
+    state = read_torch_file(path, "resume file", allowed=_legacy_numpy_types())
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{path} is not a resume file of anomaly_clip (no 'state_dict' entry); delete it to start over")
+    return state
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_resumable(state: Dict[str, Any], detector: AnomalyDetector, stage: str, path: str | os.PathLike) -> None:
+    """A resume file of another method, stage or architecture (method config, backbone model,
+    size, activation) than ``detector`` is a :class:`ValueError` naming the file and every difference."""
+    differences = []
+    if state.get("method", detector.method_name) != detector.method_name:
+        differences.append(f"method {state['method']} (this run: {detector.method_name})")
+    if state.get("stage", stage) != stage:
+        differences.append(f"stage {state['stage']!r} (this run: {stage!r})")
+    stored_config = state.get("method_config")
+    if stored_config is not None and not differences:
+        try:
+            stored = type(detector.config).from_dict(stored_config).to_dict()
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"cannot resume from {path}: its method settings do not load ({error})") from None
+        current = detector.config.to_dict()
+        differences += [f"{key}={_plain(stored.get(key))!r} (this run: {_plain(current.get(key))!r})"
+                        for key in sorted(current) if _plain(stored.get(key)) != _plain(current.get(key))]
+    stored_backbone = state.get("backbone_config")
+    if stored_backbone is not None:
+        stored = BackboneConfig.from_dict(stored_backbone).to_dict()
+        current = detector.backbone.config.to_dict()
+        differences += [f"{key}={stored.get(key)!r} (this run: {current.get(key)!r})"
+                        for key in ARCHITECTURE_BACKBONE_FIELDS if stored.get(key) != current.get(key)]
+    if differences:
+        raise ValueError(f"cannot resume from {path}: it was trained with {'; '.join(differences)}; resume with the "
+                         "same settings, or train into another --save_path")
+
+
+def complete_epoch_files(state: Dict[str, Any], detector: AnomalyDetector, output_dir: Path, stage: str, epoch: int,
+                         export_official: bool) -> None:
+    """Write the resumed epoch's checkpoint again if it is missing, and its official files (from
+    the weights just restored), so every artefact of the epoch exists after a resume."""
+    path = checkpoint_path(output_dir, stage, epoch)
+    if not path.is_file():
+        atomic_save({key: value for key, value in state.items() if key not in RESUME_ONLY_KEYS}, path)
+        logger.warning("Wrote the missing checkpoint %s again from %s", path, resume_path(output_dir, stage))
+    if export_official:
+        for name, official in detector.official_checkpoints(epoch=epoch, stage=stage).items():
+            if not (output_dir / name).is_file():
+                logger.warning("Wrote the missing official file %s again", output_dir / name)
+            atomic_save(official, output_dir / name)
+
+
 def save_epoch(detector: AnomalyDetector, optimizer: torch.optim.Optimizer, scheduler: Optional[Any],
                output_dir: Path, stage: str, epoch: int, export_official: bool,
-               run_settings: Optional[Dict[str, Any]]) -> Path:
-    """Write the epoch's checkpoint, the stage's resume file and, on request, the official files."""
-    payload = checkpoint_payload(detector, epoch=epoch, stage=stage, run_settings=run_settings or {})
+               run_settings: Optional[Dict[str, Any]], class_names: Sequence[str] = ()) -> Path:
+    """Write the epoch's checkpoint (with the training classes, when known), on request the
+    official files, and last the stage's resume file: a run killed in between resumes from the
+    previous epoch and writes them all again."""
+    extra = {"class_names": list(class_names)} if class_names else {}
+    payload = checkpoint_payload(detector, epoch=epoch, stage=stage, run_settings=run_settings or {}, **extra)
     path = atomic_save(payload, checkpoint_path(output_dir, stage, epoch))
+    if export_official:
+        for name, official in detector.official_checkpoints(epoch=epoch, stage=stage).items():
+            atomic_save(official, output_dir / name)
     resume_state = dict(payload)
     resume_state.update(
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict() if scheduler is not None else None,
-        rng={"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        rng=rng_state(),
     )
     atomic_save(resume_state, resume_path(output_dir, stage))
-    if export_official:
-        for name, official in detector.official_checkpoints(epoch=epoch, stage=stage).items():
-            atomic_save(official, output_dir / name)
     logger.info("Saved %s", path)
     return path
+
+
+@contextmanager
+def training_lock(save_path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of a training folder (:func:`anomaly_clip.files.folder_lock`) for a whole
+    run: a second run into the same ``save_path`` stops with one error instead of mixing its
+    checkpoints with the first's. Under ``torchrun`` rank 0 takes it and every process learns
+    the outcome."""
+    with ExitStack() as stack:
+        problem = None
+        if is_main_process():
+            try:
+                stack.enter_context(folder_lock(save_path, "a training run"))
+            except FolderLockedError as error:
+                problem = str(error)
+        problem = broadcast_object(problem)
+        if problem:
+            raise FolderLockedError(problem)
+        yield

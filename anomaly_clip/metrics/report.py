@@ -118,13 +118,16 @@ class MetricsReport:
         return "\n".join(lines + ["", table])
 
     def save(self, directory: str | Path, settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Path]:
-        """Write ``results.json`` (settings, rows, mean), ``results.csv`` and ``results.md`` to
-        ``directory``, all or none: an interrupted or failed save leaves earlier files as they were."""
+        """Write ``results.csv``, ``results.md`` and last ``results.json`` (settings, rows, mean) to
+        ``directory``. Each file is replaced whole or not at all, and only once all three are
+        written: a failed save leaves earlier files as they were. The renames follow one another,
+        ``results.json`` last, so a process killed between them leaves the previous complete
+        ``results.json`` beside a newer table."""
         if settings is not None:
             self.settings = dict(settings)
         directory = Path(directory)
-        paths = {"json": directory / "results.json", "csv": directory / "results.csv",
-                 "markdown": directory / "results.md"}
+        paths = {"csv": directory / "results.csv", "markdown": directory / "results.md",
+                 "json": directory / "results.json"}
         with atomic_paths(paths.values()) as temporary:
             temporary[paths["json"]].write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
             self._write_csv(temporary[paths["csv"]])

@@ -105,6 +105,10 @@ class ImageStageTraining:
     def __post_init__(self) -> None:
         if self.image_epoch < 1:
             raise ValueError(f"need image_epoch >= 1, got {self.image_epoch}")
+        if self.image_batch_size < 1:
+            raise ValueError(f"need image_batch_size >= 1, got {self.image_batch_size}")
+        if self.shot < 0:
+            raise ValueError(f"need shot >= 0 (0 = full shot), got {self.shot}")
         if self.training_mode is not None:
             check_choice("training_mode", self.training_mode, TRAINING_MODES)
         self.image_milestones = tuple(int(m) for m in self.image_milestones)
@@ -140,5 +144,7 @@ class AAClipTraining(ImageStageTraining):
         super().__post_init__()
         if self.text_epoch < 0:
             raise ValueError(f"need text_epoch >= 0, got {self.text_epoch}")
+        if self.text_batch_size < 1:
+            raise ValueError(f"need text_batch_size >= 1, got {self.text_batch_size}")
         check_choice("vv_axis", self.vv_axis, VV_AXES)
         check_choice("text_loss_levels", self.text_loss_levels, TEXT_LOSS_LEVELS)

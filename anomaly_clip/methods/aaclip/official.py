@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 
+from ...files import read_torch_file
 from .adapters import ImageAdapter, TextAdapter
 from .config import AAClipConfig, AdaptedImageConfig
 
@@ -49,10 +50,8 @@ def read_checkpoint(path: str, contents: Optional[Mapping[str, Any]] = None) -> 
 
 
 def _read_torch_dict(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not an official file
-        return None
+    """A file's dictionary, read weights-only; a refused or unreadable file is an error naming it."""
+    contents = read_torch_file(path, "AA-CLIP adapter checkpoint")
     return contents if isinstance(contents, dict) else None
 
 

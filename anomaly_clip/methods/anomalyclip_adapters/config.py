@@ -37,3 +37,9 @@ class PromptAdapterTraining(ImageStageTraining):
     prompt_epoch: int = setting(PROMPT_TRAINING.epoch, "stage-1 (AnomalyCLIP prompts) epochs")
     prompt_lr: float = setting(PROMPT_TRAINING.learning_rate, "stage-1 Adam learning rate")
     prompt_batch_size: int = setting(PROMPT_TRAINING.batch_size, "stage-1 batch size")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prompt_epoch < 1 or self.prompt_batch_size < 1:
+            raise ValueError(f"need prompt_epoch >= 1 and prompt_batch_size >= 1, got {self.prompt_epoch}, "
+                             f"{self.prompt_batch_size}")

@@ -1,0 +1,195 @@
+"""Flags, config files, devices and interrupts (issue 18 item 5 and 7, issue 19 item 5): every
+problem is one line naming the flag (or the file and key) and where the help is, never a
+traceback or a silently truthy string."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomaly_clip.cli import main as cli_main
+from anomaly_clip.cli.options import ConfigError
+from anomaly_clip.cli.train import build_train_parser
+from anomaly_clip.engine.checkpoint import create_detector, save_checkpoint
+
+from faults import ANOMALYCLIP_TRAIN, REPO, TINY, fails, one_line, small_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return small_dataset(tmp_path_factory, seed=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_backbone, tmp_path_factory):
+    """Our checkpoint and the official files of each method."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for method, config in (("anomalyclip", {"features_list": (12, 24)}), ("aaclip", {})):
+        detector = create_detector(method, backbone=tiny_backbone, config=config)
+        paths[method] = save_checkpoint(folder / f"{method}.pth", detector)
+        official = folder / f"{method}_official"
+        official.mkdir()
+        for name, payload in detector.official_checkpoints(epoch=1).items():
+            torch.save(payload, official / name)
+        paths[f"{method}_official"] = official / "official_epoch_1.pth" if method == "anomalyclip" else official
+    return paths
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- config files -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, problem", [
+    ("epoch: ten", "epoch must be an integer, got 'ten' (str)"),
+    ("epoch: 2.5", "epoch must be an integer, got 2.5 (float)"),
+    ("random_init: 'false'", "random_init must be true or false (a YAML boolean, unquoted), got 'false' (str)"),
+    ("random_init: 'yes'", "random_init must be true or false"),
+    ("learning_rate: fast", "learning_rate must be a number, got 'fast'"),
+    ("seed: true", "seed must be an integer, got True (bool)"),
+    ("seed: null", "seed is empty (null)"),
+    ("save_path: true", "save_path must be a string, got True (bool)"),
+    ("features_list: [6, x]", "features_list must be an integer or a list of integers, got 'x'"),
+    ("metadata: [a, b]", "metadata takes one value, got a list"),
+    ("feature_cache: sometimes", "feature_cache must be one of"),
+    ("epochz: 3", "unknown train settings ['epochz']"),
+])
+def test_wrong_values_in_a_config_file_name_the_key_and_the_file(data, tmp_path, capsys, line, problem):
+    config = write_config(tmp_path, f"train:\n  {line}\n")
+    message = fails(capsys, "train", ["--config", config, "--train_data_path", data, "--save_path", tmp_path / "run"])
+    assert message.startswith(f"error: {config}: ") and problem in message
+    with pytest.raises(ConfigError, match="settings.yaml"):
+        build_train_parser().parse(["--config", str(config), "--train_data_path", "d"])
+
+
+def test_config_values_that_mean_one_thing_are_accepted(tmp_path, monkeypatch):
+    """A single value for a list flag is a one-element list; quoted numbers (what ``${VAR}``
+    gives) convert; unquoted YAML booleans are booleans."""
+    monkeypatch.setenv("EPOCHS", "3")
+    config = write_config(tmp_path, "train:\n  features_list: 24\n  epoch: ${EPOCHS}\n  learning_rate: '1e-4'\n"
+                                    "  random_init: false\n  seed: 7.0\n")
+    args = build_train_parser().parse(["--config", str(config), "--train_data_path", "d"])
+    assert (args.features_list, args.epoch, args.learning_rate, args.random_init, args.seed) == \
+        ([24], 3, 1e-4, False, 7)
+
+
+def test_random_init_false_as_a_string_never_trains_on_random_weights(data, tmp_path, capsys):
+    config = write_config(tmp_path, "train:\n  random_init: \"false\"\n  model_name: anomaly-clip-tiny\n")
+    fails(capsys, "train", ["--config", config, "--train_data_path", data, "--save_path", tmp_path / "run"])
+    assert not (tmp_path / "run").exists()
+
+
+# ---- flags that contradict each other or the checkpoint --------------------------------------------
+
+def test_random_init_with_weights_path_is_a_conflict(data, tmp_path, capsys):
+    message = fails(capsys, "train", ["--train_data_path", data, "--save_path", tmp_path / "run", "--random_init",
+                                      "--weights_path", tmp_path / "ViT-L-14-336px.pt"])
+    assert "--random_init and --weights_path" in message and "contradict" in message
+    assert message.endswith("see 'anomaly-clip train --help'") and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["test", "predict", "calibrate"])
+@pytest.mark.parametrize("stored, asked", [("anomalyclip", "aaclip"), ("aaclip", "anomalyclip"),
+                                           ("anomalyclip_official", "aaclip"), ("aaclip_official", "anomalyclip")])
+def test_a_checkpoint_of_one_method_with_method_of_the_other_names_both(data, checkpoints, tmp_path, capsys, command,
+                                                                        stored, asked):
+    path = checkpoints[stored]
+    argv = ["--checkpoint_path", path, "--method", asked, *TINY]
+    argv += {"test": ["--data_path", data, "--save_path", tmp_path], "predict": ["--input", data, "--save_path",
+                                                                                    tmp_path],
+             "calibrate": ["--data_path", data, "--output", tmp_path / "c.json"]}[command]
+    message = fails(capsys, command, argv)
+    assert f"--method {asked}, but {path} holds a model of {stored.split('_')[0]}" in message
+
+
+@pytest.mark.parametrize("stored, trained", [("anomalyclip", "aaclip"), ("aaclip", "anomalyclip")])
+def test_init_checkpoint_of_the_other_method_names_both(data, checkpoints, tmp_path, capsys, stored, trained):
+    flags = ["--text_epoch", "1", "--image_epoch", "1", *TINY] if trained == "aaclip" else \
+        ["--epoch", "1", *ANOMALYCLIP_TRAIN]
+    message = fails(capsys, "train", ["--train_data_path", data, "--save_path", tmp_path / "run", "--method", trained,
+                                      "--init_checkpoint", checkpoints[stored], *flags])
+    assert f"--init_checkpoint {checkpoints[stored]} holds a model of {stored}, but this run trains {trained}" in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("command", ["train", "test", "predict", "calibrate"])
+def test_device_cuda_without_a_gpu_is_one_line(data, checkpoints, tmp_path, capsys, command):
+    argv = {"train": ["--train_data_path", data, "--save_path", tmp_path / "run"],
+            "test": ["--data_path", data, "--checkpoint_path", checkpoints["anomalyclip"], "--save_path", tmp_path],
+            "predict": ["--input", data, "--checkpoint_path", checkpoints["anomalyclip"], "--save_path", tmp_path],
+            "calibrate": ["--data_path", data, "--checkpoint_path", checkpoints["anomalyclip"], "--output",
+                          tmp_path / "c.json"]}[command]
+    message = fails(capsys, command, [*argv, "--device", "cuda"])
+    assert "--device cuda: no CUDA GPU is visible" in message and "--device cpu" in message
+    message = fails(capsys, command, [*argv, "--device", "gpu"])
+    assert "--device gpu is not a device" in message
+
+
+# ---- usage errors: one line and where the help is --------------------------------------------------
+
+@pytest.mark.parametrize("command, argv, problem", [
+    ("test", ["--data_path", "d"], "missing --checkpoint_path; see 'test.py --help'"),
+    ("calibrate", ["--checkpoint_path", "c"], "give either --data_path (a dataset with metadata) or --input"),
+    ("calibrate", ["--checkpoint_path", "c", "--input", "x"], "F1-max needs labels, so give --normal_quantile"),
+    ("protocol", [], "missing the stage argument"),
+    ("summarize", [], "missing the result_dirs argument"),
+    ("train", ["--train_data_path", "d", "--epoch", "ten"], "--epoch expects an integer, got 'ten'"),
+    ("test", ["--data_path", "d", "--checkpoint_path", "c", "--metrics", "all"], "invalid choice: 'all'"),
+])
+def test_usage_errors_are_one_line_with_where_the_help_is(capsys, command, argv, problem):
+    message = fails(capsys, command, argv)
+    assert problem in message and message.endswith("--help'")
+
+
+# ---- Ctrl-C while starting -------------------------------------------------------------------------
+
+def test_ctrl_c_while_the_command_loads_is_interrupted_not_a_traceback(capsys, monkeypatch):
+    def interrupted_import(name, package=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_main, "import_module", interrupted_import)
+    assert fails(capsys, "train", ["--train_data_path", "d"], code=130) == "interrupted"
+
+
+def test_ctrl_c_while_the_model_is_built_is_interrupted(data, tmp_path, capsys, monkeypatch):
+    from anomaly_clip import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "load_backbone", interrupted)
+    assert fails(capsys, "train", ["--train_data_path", data, "--save_path", tmp_path / "run", *TINY],
+                 code=130) == "interrupted"
+    assert not (tmp_path / "run" / ".anomaly_clip.lock").exists()
+
+
+def _torch_is_loading(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see the process load torch")
+def test_a_real_sigint_during_imports_prints_interrupted_and_exits_130(data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    process = subprocess.Popen([sys.executable, "train.py", "--train_data_path", str(data), "--save_path",
+                                str(tmp_path / "run"), *TINY], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _torch_is_loading(process.pid) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert one_line(stderr) == "interrupted"
