@@ -8,19 +8,24 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..engine.config import TrainConfig
-from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
-                     method_config_values, method_names, plain_settings, setup_logging, training_settings)
+from .common import (METHOD_HELP, add_backbone_flags, add_method_flags, backbone_config, check_method_flags,
+                     data_path_flag, help_method, method_config_values, method_names, plain_settings, setup_logging,
+                     training_settings)
 from .options import CommandParser, config_source, dataclass_flags, write_resolved_config
 from .settings import DataSettings, PseudoAnomalySettings
 
 logger = logging.getLogger(__name__)
 
 
-def build_train_parser() -> CommandParser:
-    """The parser of ``train``: run, data, pseudo-anomaly, backbone and every method's flags."""
-    command = CommandParser("train.py", "Train a method's prompts/adapters on a dataset.", "train")
-    command.add_argument("--method", title="run", default=method_names()[0], choices=method_names(),
-                         help="method to train")
+def build_train_parser(method: Optional[str] = None) -> CommandParser:
+    """The parser of ``train``: run, data, pseudo-anomaly, backbone and every method's flags (or,
+    for ``--method NAME --help``, NAME's only)."""
+    description = "Train a method's prompts/adapters on a dataset. " + (
+        f"Flags of {method} only ('--help' without --method lists every method's)." if method else
+        METHOD_HELP.format(prog="train.py", names=", ".join(method_names())))
+    command = CommandParser("train.py", description, "train")
+    command.add_argument("--method", title="run", default=None, choices=method_names(),
+                         help=f"method to train (default: the --init_checkpoint's, else {method_names()[0]})")
     command.add_flags(dataclass_flags(TrainConfig, "run"), "run")
     command.add_argument("--no-export-official", title="run", dest="export_official", action="store_false",
                          default=TrainConfig().export_official,
@@ -30,21 +35,29 @@ def build_train_parser() -> CommandParser:
     command.add_flags(dataclass_flags(PseudoAnomalySettings, "pseudo-anomalies (training on normal images)"),
                       "pseudo-anomalies (training on normal images)")
     add_backbone_flags(command, num_workers=False)
-    add_method_flags(command, training=True)
+    add_method_flags(command, training=True, only=method)
     return command
 
 
 def train_main(argv: Optional[Sequence[str]] = None) -> Path:
     """Parse, train, and return the checkpoint of the finished model."""
-    command = build_train_parser()
-    args = command.parse(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = build_train_parser(help_method(argv))
+    args = command.parse(argv)
     from .. import api
+    from ..clip.config import BackboneConfig
     from ..data.pseudo_anomaly import PSEUDO_DEFECT_TYPES, PseudoAnomalies
+    from ..engine.checkpoint import identify_checkpoint
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.registry import find_method
     from ..engine.training import TrainingData, seed_everything
 
+    start = identify_checkpoint(args.init_checkpoint) if args.init_checkpoint else None
+    args.method = args.method or (start.method if start is not None else method_names()[0])
     method = find_method(args.method)
+    if start is not None and start.method != method.name:
+        raise ValueError(f"--init_checkpoint {args.init_checkpoint} holds a {start.method} model, but this run "
+                         f"trains {method.name} (--method)")
     check_method_flags(args, method, training=True)
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "log.txt")
@@ -61,9 +74,15 @@ def train_main(argv: Optional[Sequence[str]] = None) -> Path:
                             if name in args and name not in ("method", "run_settings")},
                          method=training_settings(args, method), run_settings=settings)
     seed_everything(config.seed)
-    detector_class = method.detector_class
-    backbone = api.load_backbone(backbone_config(args, detector_class.default_backbone_config()), device=args.device)
-    values = method_config_values(args, method, data_path=args.train_data_path)
+    # a checkpoint to start from gives the backbone and the architecture (flags override them)
+    base_backbone, base_values = method.detector_class.default_backbone_config(), None
+    if start is not None and start.own:
+        base_backbone = BackboneConfig.from_dict(start.payload["backbone_config"])
+        base_values = start.payload.get("method_config")
+        logger.info("Backbone and %s settings from %s (flags given here override them)", method.name,
+                    args.init_checkpoint)
+    backbone = api.load_backbone(backbone_config(args, base_backbone), device=args.device)
+    values = method_config_values(args, method, base=base_values, data_path=args.train_data_path)
     detector = api.create_detector(method.name, backbone=backbone, config=values)
     data = TrainingData.from_folder(args.train_data_path, split=args.split, metadata=args.metadata,
                                     pseudo_anomalies=pseudo)
