@@ -495,7 +495,7 @@ def test_pretrained_results_carry_no_warning(tmp_path):
 
 def test_demo_without_weights_says_why_in_its_own_flags(caplog, monkeypatch):
     monkeypatch.setattr(weights_module, "_cached_pretrained_file", lambda config, cache_dir: None)
-    args = Namespace(weights=None, download=False, image_size=None, device="cpu")
+    args = Namespace(weights=None, download=False, image_size=None, device="cpu", tiny=False)
     backbone, pretrained = demo._demo_backbone(args)
     assert not pretrained and backbone.config.random_init
     warning = caplog.text

@@ -9,6 +9,7 @@ names another file (then pass it to ``predict --calibration``).
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,6 +18,8 @@ from .common import setup_logging
 from .options import CommandParser, UsageError
 from .settings import CalibrateSettings, DataSettings, ImageSettings
 from .test import checkpoint_command, load_model
+
+logger = logging.getLogger(__name__)
 
 
 def build_calibrate_parser() -> CommandParser:
@@ -59,4 +62,6 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
                             provenance={"checkpoint": str(args.checkpoint_path), "class_name": args.class_name,
                                         **source})
     calibration.save(output)
+    logger.info("Wrote the calibration to %s%s", output, "" if args.output is None else
+                f" (use it with: predict --calibration {output})")
     return calibration

@@ -10,20 +10,22 @@ import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from jsonargparse import Namespace
 
 from ..clip.config import BackboneConfig
 from ..engine.registry import Method, find_method, registered_methods
 from .options import CommandParser, Flag, UsageError, dataclass_flags
-from .settings import RunSettings
+from .settings import RunSettings, TinySettings
 
 BACKBONE_GROUP = "backbone"
 
 
 def add_backbone_flags(command: CommandParser, num_workers: bool = True) -> None:
-    """The backbone's settings (defaults: the method's or the checkpoint's), network use, device."""
+    """The backbone's settings (defaults: the method's or the checkpoint's), the tiny preset,
+    network use, device."""
+    command.add_flags(dataclass_flags(TinySettings, BACKBONE_GROUP), BACKBONE_GROUP)
     command.add_flags(dataclass_flags(BackboneConfig, BACKBONE_GROUP, none_defaults=True), BACKBONE_GROUP)
     group = command.group(BACKBONE_GROUP)
     network = group.add_mutually_exclusive_group()
@@ -53,14 +55,15 @@ def _owners(kind: str) -> Dict[str, List[str]]:
     return owners
 
 
-def add_method_flags(command: CommandParser, training: bool = False) -> None:
-    """Every registered method's settings, grouped by method (shared fields appear once)."""
+def add_method_flags(command: CommandParser, training: bool = False, only: Optional[str] = None) -> None:
+    """Every registered method's settings, grouped by method (shared fields appear once); with
+    ``only``, that method's alone (``--method NAME --help``)."""
     for kind in ("config", "training") if training else ("config",):
         owners = _owners(kind)
         everyone = {method.name for method in registered_methods()}
         for method in registered_methods():
             cls = method.config_class if kind == "config" else method.training_config_class
-            if cls is None:
+            if cls is None or (only is not None and method.name != only):
                 continue
             flags = dataclass_flags(cls, method.name, none_defaults=kind == "config")
             for flag in flags:
@@ -68,6 +71,24 @@ def add_method_flags(command: CommandParser, training: bool = False) -> None:
                 if set(users) != everyone:
                     flag.kwargs["help"] = f"{flag.kwargs['help'].rstrip()} [{', '.join(users)}]"
             command.add_flags(flags, _method_title(method))
+
+
+def help_method(argv: Sequence[str]) -> Optional[str]:
+    """The method named by ``--method NAME`` (or ``--method=NAME``) when ``argv`` asks for help
+    (so ``--help`` lists that method's flags only), else None."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    names = method_names()
+    for index, arg in enumerate(argv):
+        if arg == "--method" and index + 1 < len(argv) and argv[index + 1] in names:
+            return argv[index + 1]
+        if arg.startswith("--method=") and arg.split("=", 1)[1] in names:
+            return arg.split("=", 1)[1]
+    return None
+
+
+METHOD_HELP = ("Flags of every method are listed, each group under its method's name; '{prog} --method NAME "
+               "--help' lists only NAME's (methods: {names}).")
 
 
 def _field_names(method: Method, training: bool) -> set:
@@ -92,8 +113,19 @@ def check_method_flags(namespace: Namespace, method: Method, training: bool = Fa
                 raise UsageError(f"--{dest} is a setting of {', '.join(users)}, not of {method.name}")
 
 
+TINY_CONFLICTS = ("weights_path", "pretrained", "model_name", "cache_dir")
+
+
 def backbone_config(namespace: Namespace, base: BackboneConfig) -> BackboneConfig:
-    """``base`` (the method's defaults or a checkpoint's) updated by the backbone flags given."""
+    """``base`` (the method's defaults or a checkpoint's) updated by the backbone flags given;
+    ``--tiny`` first puts ``base`` on the tiny random backbone (other flags, e.g. ``--image_size``,
+    still apply; flags naming weights or another model are a conflict)."""
+    if namespace.get("tiny"):
+        given = [name for name in TINY_CONFLICTS if namespace.get(name) is not None]
+        if given:
+            raise UsageError(f"--tiny builds the tiny random backbone, which --{given[0]} contradicts: drop one of "
+                             "them")
+        base = base.tiny()
     values = {item.name: namespace.get(item.name) for item in fields(BackboneConfig)
               if item.metadata.get("flag", True) and item.name not in ("weights_path", "random_init")}
     config = base.with_updates(**values)
@@ -144,6 +176,20 @@ def plain_settings(namespace: Namespace) -> Dict[str, Any]:
             if k != "config" and isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Writes log lines through ``tqdm.write``: a line logged while a progress bar is drawn goes
+    above the bar, which is redrawn below it, instead of running into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging reports its own failures
+            self.handleError(record)
+
+
 def _quiet_open_clip(record: logging.LogRecord) -> bool:
     """open_clip logs model-building chatter at INFO on the root logger; keep only its warnings."""
     return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
@@ -158,7 +204,7 @@ def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.t
     """
     from ..engine.distributed import get_rank, is_distributed, is_main_process
 
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: List[logging.Handler] = [ConsoleHandler(sys.stdout)]
     main = is_main_process()
     if save_path is not None and main:
         Path(save_path).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..engine.config import MAP_FORMATS, METRIC_LEVELS, PRECISIONS
+from ..engine.config import MAP_DTYPES, MAP_FORMATS, METRIC_LEVELS, OVERLAY_FORMATS, PRECISIONS
 from ..settings import setting
 
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
@@ -21,6 +21,16 @@ class RunSettings:
     device: str = setting("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
     precision: str = setting("auto", "auto: bf16/fp16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
     num_workers: int = setting(2, "data-loading worker processes")
+
+
+@dataclass
+class TinySettings:
+    """Trying the pipeline without CLIP weights (:meth:`~anomaly_clip.clip.config.BackboneConfig.tiny`)."""
+
+    tiny: bool = setting(False, "the tiny random backbone (anomaly-clip-tiny, random weights, 112 px): try any "
+                                "command on your own images without CLIP weights, in seconds on a CPU; its numbers "
+                                "are MEANINGLESS. Checkpoints trained with it carry it, so test/predict/calibrate "
+                                "need no flag (README: 'Try it without weights')")
 
 
 @dataclass
@@ -56,7 +66,10 @@ class EvaluationSettings:
     batch_size: int = setting(8, "evaluation batch size")
     save_predictions: Optional[str] = setting(None, "write one .npz per class (paths, labels, scores, maps)",
                                               metavar="DIR")
-    visualize: bool = setting(False, "write image | mask | map overlays as PNG under SAVE_PATH/heatmaps")
+    visualize: bool = setting(False, "write one panel per image under SAVE_PATH/heatmaps/<class>: image | map with "
+                                     "colour bar | ground truth outlined (the design of predict's overlays)")
+    overlay_format: str = setting("jpg", "file format of the --visualize panels (png: lossless, larger)",
+                                  choices=OVERLAY_FORMATS)
 
 
 @dataclass
@@ -106,11 +119,14 @@ class PredictSettings:
     pixel_threshold: Optional[float] = setting(None, "predicted mask: map >= this (overrides the stored calibration)")
     calibration: Optional[str] = setting(None, "calibration JSON to use instead of <checkpoint>.calibration.json",
                                          metavar="FILE")
-    save_maps: Optional[str] = setting(None, "write each anomaly map at the image's original resolution (float32 "
-                                             ".npz or 16-bit PNG with its value range in the PNG text)",
+    save_maps: Optional[str] = setting(None, "write each anomaly map at the image's original resolution (compressed "
+                                             ".npz, or 16-bit PNG with its value range in the PNG text)",
                                        choices=MAP_FORMATS)
-    overlays: bool = setting(False, "write image | heatmap overlay | predicted-mask outline panels with score and "
-                                    "decision")
+    map_dtype: str = setting("float32", "value type of the npz maps (float16: half the size, about 3 significant "
+                                        "digits)", choices=MAP_DTYPES)
+    overlays: bool = setting(False, "write image | heatmap with colour bar | predicted-mask outline panels with score "
+                                    "and decision")
+    overlay_format: str = setting("jpg", "file format of the overlays (png: lossless, larger)", choices=OVERLAY_FORMATS)
     map_range: Optional[Tuple[float, float]] = setting(None, "colour scale of the overlays (default: the "
                                                              "calibration's map range)", metavar="LOW HIGH")
 
@@ -138,7 +154,6 @@ class DemoSettings:
     epochs: int = setting(3, "training epochs")
     batch_size: int = setting(8, "batch size")
     image_size: Optional[int] = setting(None, "input size (default 518 with real weights, 112 with the tiny backbone)")
-    tiny_image_size: int = setting(112, flag=False)
     train_classes: int = setting(3, "synthetic classes used for training")
     seed: int = setting(111, "random seed")
     device: str = setting("auto", "cuda, cpu, or auto")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -46,12 +47,13 @@ def build_test_parser() -> CommandParser:
 
 
 def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
-               data_path: Optional[str] = None):
-    """The checkpoint of ``--checkpoint_path`` (read once) with the method and backbone flags applied."""
+               data_path: Optional[str] = None, checkpoint=None):
+    """The checkpoint of ``--checkpoint_path`` (read once: pass the ``CheckpointFile`` when the
+    caller has read it) with the method and backbone flags applied."""
     from ..engine.checkpoint import identify_checkpoint, load
     from ..engine.registry import find_method
 
-    checkpoint = identify_checkpoint(args.checkpoint_path)
+    checkpoint = checkpoint or identify_checkpoint(args.checkpoint_path)
     method = find_method(checkpoint.method)
     if args.method and find_method(args.method).name != method.name:
         raise ValueError(f"--method {args.method}, but {args.checkpoint_path} holds a {method.name} model")
@@ -62,6 +64,7 @@ def load_model(args, method_name: Optional[str] = None, calibration: Optional[st
 
 def reference_bank(args, detector, data_path: Optional[str], class_name: Optional[str]):
     """The memory bank of ``--reference_images`` (built once, or loaded), None without it."""
+    from ..data.formats import MetadataError
     from ..engine.references import memory_bank
 
     source = args.get("reference_images")
@@ -74,15 +77,60 @@ def reference_bank(args, detector, data_path: Optional[str], class_name: Optiona
         raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
     defaults = ReferenceSettings()
     split, seed = args.get("reference_split"), args.get("reference_seed")
-    bank = memory_bank(detector, source, data_path=data_path, class_name=class_name,
-                       split=defaults.reference_split if split is None else split,
-                       seed=defaults.reference_seed if seed is None else seed,
-                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+    split = defaults.reference_split if split is None else split
+    try:
+        bank = memory_bank(detector, source, data_path=data_path, class_name=class_name, split=split,
+                           seed=defaults.reference_seed if seed is None else seed, batch_size=args.batch_size,
+                           num_workers=args.num_workers, precision=args.precision)
+    except MetadataError as error:
+        if not str(source).isdigit():
+            raise
+        raise MetadataError(
+            f"--reference_images {source} takes {source} normal images per class from the {split!r} split of "
+            f"{data_path}, but {error}. Name another split with --reference_split (e.g. --reference_split test: "
+            f"the references are then left out of the evaluated images), or give a folder of normal images: "
+            f"--reference_images DIR (one sub-folder per class, or --reference_class NAME)") from error
     from ..engine.distributed import is_main_process
 
     if args.save_reference_bank and is_main_process():
         bank.save(args.save_reference_bank)
     return bank
+
+
+def without_references(samples: list, root: str, bank) -> list:
+    """``samples`` less the images the memory ``bank`` was built from, with a warning naming how
+    many: a reference matches itself exactly, so its map would be ~0 and its score meaningless."""
+    used = {str(Path(path).resolve()) for paths in bank.sources.values() for path in paths}
+    kept = [sample for sample in samples if str((Path(root) / sample.image_path).resolve()) not in used]
+    if len(kept) < len(samples):
+        logger.warning("%d of the evaluated images are normal references of the memory bank (%s): they are left "
+                       "out of the evaluation, which covers the other %d images", len(samples) - len(kept),
+                       ", ".join(f"{len(paths)} of {name}" for name, paths in bank.sources.items()), len(kept))
+    if not kept:
+        raise ValueError("every evaluated image is a normal reference: nothing is left to evaluate")
+    return kept
+
+
+def same_folder(first: str, second: str) -> bool:
+    """Whether two paths name the same existing folder."""
+    try:
+        return Path(first).resolve() == Path(second).resolve() or os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def warn_if_trained_on(checkpoint, data_path: str, split: str, metadata: Optional[str]) -> None:
+    """Warn when the data evaluated is the data the checkpoint was trained on (as its run
+    settings record: dataset root, split, metadata file): its numbers then measure fitting, not
+    the zero-shot transfer the protocols report."""
+    settings = checkpoint.payload.get("run_settings") or {} if checkpoint.own else {}
+    trained = settings.get("train_data_path")
+    if not trained or not same_folder(str(trained), data_path):
+        return
+    if settings.get("split", "test") == split and settings.get("metadata") == metadata:
+        logger.warning("%s was trained on the very images evaluated here (%s, split %r): these numbers measure "
+                       "fitting, not zero-shot transfer; evaluate on another dataset or split (--split)",
+                       checkpoint.path, data_path, split)
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -91,23 +139,44 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     args = command.parse(list(sys.argv[1:] if argv is None else argv))
     from ..data.dataset import AnomalyDataset
     from ..data.formats import load_samples
+    from ..engine.checkpoint import identify_checkpoint
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.evaluation import evaluate
+    from ..engine.outputs import OutputWriter
 
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
         write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))
-    detector = load_model(args, data_path=args.data_path)
+    checkpoint = identify_checkpoint(args.checkpoint_path)
+    detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
+    warn_if_trained_on(checkpoint, args.data_path, args.split, args.metadata)
     samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
+    bank = reference_bank(args, detector, args.data_path, args.reference_class)
+    if bank is not None:
+        samples = without_references(samples, args.data_path, bank)
     dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
                              mask_interpolation=detector.mask_interpolation)
-    bank = reference_bank(args, detector, args.data_path, args.reference_class)
-    report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                      metrics=args.metrics, aupro=args.aupro, precision=args.precision,
-                      save_predictions=args.save_predictions,
-                      visualize=Path(args.save_path) / "heatmaps" if args.visualize else None,
-                      references=bank, reference_weight=args.reference_weight)
+    with OutputWriter() as writer:
+        report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                          metrics=args.metrics, aupro=args.aupro, precision=args.precision,
+                          save_predictions=args.save_predictions,
+                          visualize=Path(args.save_path) / "heatmaps" if args.visualize else None,
+                          references=bank, reference_weight=args.reference_weight, writer=writer,
+                          overlay_format=args.overlay_format)
+        settings = evaluation_settings(args, detector, bank)
+        logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
+        if is_main_process():
+            report.save(args.save_path, settings)
+        written = writer.close()
+    if written.files or written.failures:
+        logger.info("Predictions and panels: %s", written.describe())
+    written.raise_for_failures()
+    return {"report": report, "settings": settings}
+
+
+def evaluation_settings(args, detector, bank) -> dict:
+    """What ``results.json`` records of a test run: model, data, metrics, references, config file."""
     settings = {
         "method": detector.method_name, "dataset": args.dataset or Path(args.data_path).name,
         "checkpoint": str(args.checkpoint_path), "method_config": detector.config.to_dict(),
@@ -123,7 +192,4 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         published = content.get("published") or content.get("reference")
         if published:
             settings["published_reference"] = published
-    logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
-    if is_main_process():
-        report.save(args.save_path, settings)
-    return {"report": report, "settings": settings}
+    return settings

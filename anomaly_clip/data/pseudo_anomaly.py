@@ -81,9 +81,16 @@ class PseudoAnomalies:
         return PseudoAnomalyDataset(dataset, self) if self.probability > 0 else dataset
 
 
-def apply_pseudo_anomalies(dataset: AnomalyDataset, settings: Optional[PseudoAnomalies]) -> Dataset:
-    """The one place every method's training data gets its pseudo-anomalies (None: none)."""
-    return dataset if settings is None else settings.apply(dataset)
+def apply_pseudo_anomalies(dataset: AnomalyDataset, settings: Optional[PseudoAnomalies],
+                           announce: bool = True) -> Dataset:
+    """The one place every method's training data gets its pseudo-anomalies (None: none);
+    ``announce`` logs what is painted (once per run: a second dataset of the same images passes False)."""
+    if settings is None:
+        return dataset
+    painted = settings.apply(dataset)
+    if announce and isinstance(painted, PseudoAnomalyDataset):
+        painted.announce()
+    return painted
 
 
 def require_anomalies(dataset: Dataset, where: Any) -> None:
@@ -113,9 +120,12 @@ class PseudoAnomalyDataset(Dataset):
             raise ValueError(f"no normal images under {dataset.root} to paint pseudo-anomalies on")
         unmasked = any(sample.is_anomalous for sample in dataset.samples) and not dataset.has_masks
         self.image_level_only = unmasked
+
+    def announce(self) -> None:
+        """Log what is painted, on how many images."""
         logger.info("Pseudo-anomalies: %.0f%% of %d normal images painted each epoch (%s)",
-                    100 * settings.probability, sum(map(len, self.normals_by_class.values())),
-                    ", ".join(settings.kinds))
+                    100 * self.settings.probability, sum(map(len, self.normals_by_class.values())),
+                    ", ".join(self.settings.kinds))
 
     @property
     def samples(self) -> List[Sample]:

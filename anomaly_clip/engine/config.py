@@ -11,6 +11,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "off", "device", "host", "disk")
 METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 MAP_FORMATS = ("npz", "png16")
+MAP_DTYPES = ("float32", "float16")
+OVERLAY_FORMATS = ("jpg", "png")
 
 
 @dataclass
