@@ -120,13 +120,16 @@ def safe_file_name(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
 
     A safe name (:func:`is_safe_file_name`) is returned unchanged. Any other has each disallowed
     character (path separators, ``:*?"<>|``, control characters, ...) replaced by ``_``, leading
-    dots and spaces and trailing dots dropped, is cut to fit ``max_bytes`` UTF-8 bytes, and ends in
+    dots and spaces and trailing dots dropped, a Windows device name (``con``, ``aux.txt``)
+    prefixed with ``_``, is cut to fit ``max_bytes`` UTF-8 bytes, and ends in
     ``~`` plus a hash of the original name, so that two names cleaned alike stay apart and the
     result is the same on every run and every process.
     """
     if is_safe_file_name(name, max_bytes):
         return name
     cleaned = "".join(c if _allowed(c) else "_" for c in name).lstrip(". ").rstrip(". ") or "_"
+    if cleaned.split(".")[0].casefold() in _WINDOWS_DEVICES:
+        cleaned = f"_{cleaned}"
     return f"{_cut(cleaned, max_bytes - HASH_LENGTH - 1).rstrip('. ')}~{name_digest(name)}"
 
 
