@@ -43,7 +43,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
     from ..engine.inference import expand_inputs, predict_files
     from ..engine.outputs import (OutputWriter, PredictionFiles, common_root, format_size, random_weights_mark,
-                                  write_predictions_csv)
+                                  write_predictions_csv, writer_threads)
     from ..engine.references import predict_with_references
     from ..engine.visualization import ColourScale
 
@@ -67,7 +67,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
                     args.reference_weight)
         scorer = partial(predict_with_references, detector, bank=bank, weight=args.reference_weight)
     mine = shard_items(paths, block=args.batch_size)
-    with OutputWriter() as writer:
+    with OutputWriter(writer_threads(detector.device)) as writer:
         files = PredictionFiles(args.save_path, common_root(paths), writer, save_maps=args.save_maps,
                                 overlays=args.overlays, image_threshold=calibration.image_threshold,
                                 pixel_threshold=calibration.pixel_threshold, scale=scale, map_dtype=args.map_dtype,

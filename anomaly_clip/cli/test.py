@@ -142,7 +142,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     from ..engine.checkpoint import identify_checkpoint
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.evaluation import evaluate
-    from ..engine.outputs import OutputWriter
+    from ..engine.outputs import OutputWriter, writer_threads
 
     args.device = init_distributed(args.device)
     setup_logging(args.save_path, "test_log.txt")
@@ -157,7 +157,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         samples = without_references(samples, args.data_path, bank)
     dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
                              mask_interpolation=detector.mask_interpolation)
-    with OutputWriter() as writer:
+    with OutputWriter(writer_threads(detector.device)) as writer:
         report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                           metrics=args.metrics, aupro=args.aupro, precision=args.precision,
                           save_predictions=args.save_predictions,

@@ -18,7 +18,7 @@ from .detector import AnomalyDetector
 from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, merged_order,
                           shard_dataset)
 from .inference import iterate_batches
-from .outputs import EvaluationPanels, OutputWriter, UniqueNames
+from .outputs import EvaluationPanels, OutputWriter, UniqueNames, writer_threads
 from .references import MemoryBank, predict_with_references
 from .visualization import ColourScale
 
@@ -111,7 +111,7 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
                                  class_score_transform=detector.class_image_scores if fuses_scores else None)
     predictions = PredictionWriter(save_predictions) if save_predictions else None
     own_writer = writer is None and (save_predictions or visualize)
-    writer = OutputWriter() if own_writer else writer
+    writer = OutputWriter(writer_threads(detector.device)) if own_writer else writer
     panels = None
     if visualize:
         calibration = detector.calibration

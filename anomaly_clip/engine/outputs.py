@@ -8,9 +8,9 @@ resolution (compressed ``.npz``, float32 or float16, or 16-bit PNG) and overlay 
   is cleaned, cut to :data:`MAX_NAME_BYTES` and given a short hash of the original, and
   :class:`UniqueNames` resolves the names that still collide (e.g. ``Bottle`` and ``bottle`` on a
   case-insensitive disk) deterministically with a hash of what they name.
-* **Writing never holds up scoring**: :class:`OutputWriter` encodes and writes files on a few
-  background threads behind a bounded queue (memory stays bounded: at most ``pending`` files
-  wait), each file all or nothing (:func:`anomaly_clip.files.atomic_path`). A file that cannot be
+* **Writing does not hold up scoring on a GPU**: :class:`OutputWriter` encodes and writes files
+  on a few background threads behind a bounded queue (memory stays bounded: at most ``pending``
+  files wait; :func:`writer_threads` says how many for a device), each file all or nothing (:func:`anomaly_clip.files.atomic_path`). A file that cannot be
   written is reported by name and reason (a warning at once, and :class:`OutputWriteError` from
   :meth:`OutputSummary.raise_for_failures` at the end), never lost silently, and never stops the
   run: results are complete before optional per-image files can fail them.
@@ -215,6 +215,15 @@ def read_map_png16(path: str | os.PathLike) -> np.ndarray:
 
 # ---- background writing -----------------------------------------------------------------------------
 DEFAULT_WRITER_THREADS = 2
+
+
+def writer_threads(device) -> int:
+    """Background writer threads for a model on ``device``: :data:`DEFAULT_WRITER_THREADS` when it
+    scores on an accelerator (the CPU is then free to encode while the GPU scores), 0 (write in
+    the scoring thread, between batches) when it scores on the CPU: its matrix products already
+    use every core, and a busy writer thread makes each of them wait for the core it took
+    (``scripts/benchmark_outputs.py`` measured 2-core runs twice as slow with two writer threads)."""
+    return 0 if str(device).startswith("cpu") else DEFAULT_WRITER_THREADS
 
 
 class OutputWriteError(OSError):
