@@ -70,18 +70,6 @@ def trained_checkpoint(synthetic_root, tmp_path_factory):
                               *TRAIN_FLAGS])
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """The connection check fails and any download attempt fails the test."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: False)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(open_clip, "download_pretrained", forbidden)
-
-
 def _official_checkpoint(tiny_backbone, path: Path) -> Path:
     """A reference-format AnomalyCLIP file: it names no backbone, so loading it needs ViT-L-14-336 weights."""
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24)))

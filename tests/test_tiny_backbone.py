@@ -9,11 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
 
-import anomaly_clip
 from anomaly_clip import cli
 from anomaly_clip.cli.errors import CLI_OPTIONS
 from anomaly_clip.clip import weights as weights_module
@@ -38,17 +36,6 @@ def tiny_run(synthetic, tmp_path_factory):
     save = tmp_path_factory.mktemp("tiny_run")
     return cli.train_main(["--tiny", "--train_data_path", synthetic, "--save_path", str(save), "--epoch", "1",
                            "--batch_size", "4", "--features_list", "12", "24", *RUN])
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: False)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(open_clip, "download_pretrained", forbidden)
 
 
 def test_the_preset_keeps_the_methods_own_settings():

@@ -15,7 +15,7 @@ from ..clip.config import RANDOM_WEIGHTS_WARNING
 from ..metrics import AnomalyEvaluator, MetricsReport
 from .config import METRIC_LEVELS
 from .detector import AnomalyDetector
-from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, is_main_process, merged_order,
+from .distributed import (broadcast_object, gather_objects, get_rank, get_world_size, merged_order,
                           shard_dataset)
 from .inference import iterate_batches
 from .outputs import EvaluationPanels, OutputWriter, UniqueNames, writer_threads
