@@ -69,7 +69,8 @@ def run_predict(checkout: Path, checkpoint: Path, images: Path, output: Path, fl
                "--num_workers", str(workers), *flags]
     environment = dict(os.environ, PYTHONPATH=str(checkout), CUDA_VISIBLE_DEVICES="")
     start = time.perf_counter()
-    completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    # run outside any checkout: `python -m` puts the working folder first on the path
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=output.parent)
     seconds = time.perf_counter() - start
     if completed.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")

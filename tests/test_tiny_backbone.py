@@ -56,6 +56,15 @@ def test_missing_weights_advice_names_the_tiny_backbone(no_network, tmp_path):
     assert "--tiny" in advice and "Try it without weights" in advice and "--weights FILE" in advice
 
 
+def test_the_tiny_model_without_random_init_points_at_tiny(synthetic, tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.run("train", ["--model", "anomaly-clip-tiny", "--train_data_path", synthetic, "--save_path", str(tmp_path),
+                          *RUN])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert caught.value.code == 2 and len(errors) == 1
+    assert "pretrained tag 'openai' of anomaly-clip-tiny" in errors[0] and "--tiny" in errors[0]
+
+
 def test_train_without_weights_suggests_tiny_in_one_line(no_network, synthetic, tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         cli.run("train", ["--train_data_path", synthetic, "--save_path", str(tmp_path), "--epoch", "1", "--offline",

@@ -195,7 +195,7 @@ def resolve_pretrained_file(model_name: str, tag: str, cache_dir: Optional[str] 
     if not pretrained_cfg:
         known = open_clip.list_pretrained_tags_by_model(model_name)
         raise WeightsNotFoundError(f"pretrained tag {tag!r} of {model_name}",
-                                   f"open_clip knows no such tag; known tags: {known}")
+                                   f"open_clip knows no such tag; known tags: {known}", ("weights_path", "tiny"))
     cached = _cached_pretrained_file(pretrained_cfg, cache_dir)
     if cached:
         return cached
