@@ -53,12 +53,18 @@ def _owners(kind: str) -> Dict[str, List[str]]:
     return owners
 
 
-def add_method_flags(command: CommandParser, training: bool = False) -> None:
-    """Every registered method's settings, grouped by method (shared fields appear once)."""
+def add_method_flags(command: CommandParser, training: bool = False, first: Optional[str] = None) -> None:
+    """Every registered method's settings, grouped by method (shared fields appear once). Method
+    ``first`` comes first: a training setting several methods share (``--epoch``) then defaults
+    to that method's value (APRIL-GAN trains 3 epochs, AnomalyCLIP 15)."""
+    methods = registered_methods()
+    if first is not None:
+        chosen = find_method(first)
+        methods = [chosen] + [method for method in methods if method.name != chosen.name]
     for kind in ("config", "training") if training else ("config",):
         owners = _owners(kind)
-        everyone = {method.name for method in registered_methods()}
-        for method in registered_methods():
+        everyone = {method.name for method in methods}
+        for method in methods:
             cls = method.config_class if kind == "config" else method.training_config_class
             if cls is None:
                 continue

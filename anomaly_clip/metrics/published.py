@@ -1,8 +1,10 @@
 """Published result tables (``configs/published/<method>.yaml``) and side-by-side comparisons.
 
 A table file holds, per method, named references (the paper's table, an official log, ...) with
-per-dataset metrics in percent, whether the numbers were checked against their primary source,
-and the AUPRO definition they use. :func:`compare_run` lines one of our ``results.json`` up against
+per-dataset metrics in percent (``results``), optionally per-class metrics (``per_class``, from a
+paper's per-class tables) and the paper's average over datasets (``average``), whether the numbers
+were checked against their primary source, the AUPRO definition they use, and which paper tables
+and column they were copied from (``from_tables``). :func:`compare_run` lines one of our ``results.json`` up against
 one reference: ours | published | delta for every metric we computed, with notes where the
 comparison means little (random weights, another AUPRO definition, an unverified reference).
 """
@@ -21,7 +23,9 @@ METRIC_LABELS: Dict[str, str] = dict(IMAGE_METRICS + PIXEL_METRICS)
 
 @dataclass(frozen=True)
 class Reference:
-    """One published table: ``results[dataset][metric]`` in percent."""
+    """One published table: ``results[dataset][metric]``, ``per_class[dataset][class][metric]`` and
+    ``average[metric]`` in percent; ``from_tables`` lists the paper tables it was copied from
+    (``{paper, setting, column, tables}``); ``source`` is the file it was read from."""
 
     method: str
     name: str
@@ -30,9 +34,16 @@ class Reference:
     aupro: Optional[str]
     results: Dict[str, Dict[str, float]]
     source: str = ""
+    per_class: Dict[str, Dict[str, Dict[str, float]]] = field(default_factory=dict)
+    average: Dict[str, float] = field(default_factory=dict)
+    from_tables: List[Dict[str, Any]] = field(default_factory=list)
 
     def value(self, dataset: str, metric: str) -> Optional[float]:
         return self.results.get(dataset, {}).get(metric)
+
+    def class_value(self, dataset: str, class_name: str, metric: str) -> Optional[float]:
+        """A per-class cell (None where the reference has none)."""
+        return self.per_class.get(dataset, {}).get(class_name, {}).get(metric)
 
 
 @dataclass(frozen=True)
@@ -58,12 +69,18 @@ def read_published(path: str | Path) -> PublishedTables:
     references = {}
     for name, entry in content["references"].items():
         results = {str(dataset): dict(values) for dataset, values in (entry.get("results") or {}).items()}
-        unknown = sorted({metric for values in results.values() for metric in values} - set(METRIC_LABELS))
+        per_class = {str(dataset): {str(cls): dict(values) for cls, values in classes.items()}
+                     for dataset, classes in (entry.get("per_class") or {}).items()}
+        average = dict(entry.get("average") or {})
+        cells = [values for values in results.values()] + [average] + \
+            [values for classes in per_class.values() for values in classes.values()]
+        unknown = sorted({metric for values in cells for metric in values} - set(METRIC_LABELS))
         if unknown:
             raise ValueError(f"{path}: reference {name!r} has unknown metrics {unknown}; use {sorted(METRIC_LABELS)}")
         references[name] = Reference(method=method, name=name, title=entry.get("title", name),
                                      verified=bool(entry.get("verified", False)), aupro=entry.get("aupro"),
-                                     results=results, source=str(path))
+                                     results=results, source=str(path), per_class=per_class, average=average,
+                                     from_tables=list(entry.get("from_tables") or []))
     default = content.get("default_reference") or next(iter(references))
     return PublishedTables(method=method, default_reference=default, references=references)
 
