@@ -6,7 +6,7 @@ Each method's detector is built with its default settings on a randomly initiali
 ``--image_size``; with ``--real`` each method's own reference backbone and resolution (ViT-L/14-336
 at 518 px, WinCLIP's ViT-B/16+ at 240 px), the shapes of the papers' Table 8. Text features are
 computed in a warm-up batch and reused, as in evaluation. Reported: images per second of
-``predict`` (median over ``--repeats`` timed batches), and for WinCLIP (zero-shot and WinCLIP+ with
+the forward pass (median over ``--repeats`` timed batches), and for WinCLIP (zero-shot and WinCLIP+ with
 ``--shots`` references) the same with every window run as its own transformer pass
 (``max_window_tokens=1``: the per-window loop), with the ratio batched / loop and the largest
 difference between the two outputs.
@@ -23,9 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from tabulate import tabulate
 
+from anomaly_clip import create_detector, list_methods
 from anomaly_clip.clip.backbone import BackboneConfig, CLIPBackbone, load_backbone
 from anomaly_clip.engine.precision import autocast
-from anomaly_clip.methods import METHODS, create_detector
+from anomaly_clip.engine.registry import find_method
 
 
 def timed(function: Callable[[], Any], repeats: int, device: torch.device, warm_up: bool = True) -> Tuple[float, Any]:
@@ -45,7 +46,7 @@ def timed(function: Callable[[], Any], repeats: int, device: torch.device, warm_
 
 
 def backbone_config(method: str, args: argparse.Namespace) -> BackboneConfig:
-    base = METHODS[method].detector.default_backbone_config()
+    base = find_method(method).detector_class.default_backbone_config()
     if args.real:
         return replace(base, random_init=True, weights_path=None)
     return replace(base, model_name=args.model, pretrained=None, random_init=True, image_size=args.image_size)
@@ -53,7 +54,7 @@ def backbone_config(method: str, args: argparse.Namespace) -> BackboneConfig:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list_methods(), choices=list_methods())
     parser.add_argument("--real", action="store_true",
                         help="each method's reference backbone and resolution (random weights) instead of the tiny one")
     parser.add_argument("--model", default="anomaly-clip-tiny", help="backbone of every method without --real")
@@ -79,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         def predict():
             with torch.inference_mode(), autocast(device, args.precision):
-                return detector.predict(images, names)
+                return detector(images, names)
 
         seconds, _ = timed(predict, args.repeats, device)
         rows.append([method, config.model_name, size, f"{args.batch_size / seconds:.2f}", "", "", ""])

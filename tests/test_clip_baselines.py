@@ -148,3 +148,28 @@ def test_create_detector_builds_the_default_backbone_settings():
     assert isinstance(detector, CLIPACDetector) and detector.image_size == 112 and not detector.training
     assert detector.layers == (24,)
     assert CLIPDetector.default_backbone_config().activation == "quick_gelu"
+
+
+def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthetic_root, tmp_path, capsys):
+    """Users score their own images with a baseline: calibrate writes where --output says (there is no
+    checkpoint to sit beside), predict reads it, and the scores are the detector's own."""
+    normal = f"{synthetic_root}/fabric/test/good"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run("calibrate", ["--method", "clip", "--input", normal, "--normal_quantile", "1", *TINY])
+    assert exit_info.value.code == 2 and "give --output FILE" in capsys.readouterr().err
+    output = tmp_path / "clip.calibration.json"
+    calibration = cli.calibrate_main(["--method", "clip", "--input", normal, "--normal_quantile", "1", "--output",
+                                      str(output), "--class_name", "fabric", *TINY])
+    assert output.is_file() and calibration.method == "clip" and calibration.provenance["checkpoint"] is None
+    rows = cli.predict_main(["--method", "clip", "--input", normal, "--calibration", str(output), "--save_path",
+                             str(tmp_path / "p"), *TINY])
+    settings = json.loads((tmp_path / "p" / "predict_settings.json").read_text())
+    assert settings["checkpoint"] is None and settings["method"] == "clip" and settings["class_name"] == "fabric"
+    assert [row.label for row in rows] == [int(row.score >= calibration.image_threshold) for row in rows]
+    detector = create_detector("clip", backbone=tiny_config(), device="cpu")
+    paths = [row.path for row in rows]
+    from anomaly_clip import Inferencer
+
+    expected = Inferencer(detector).predict_paths(paths, class_names=["fabric"] * len(paths))
+    torch.testing.assert_close(torch.tensor([row.score for row in rows]), expected.scores, rtol=1e-5, atol=1e-6)
+    assert max(row.score for row in rows) == pytest.approx(calibration.image_threshold, abs=1e-6)
