@@ -173,3 +173,15 @@ def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthet
     expected = Inferencer(detector).predict_paths(paths, class_names=["fabric"] * len(paths))
     torch.testing.assert_close(torch.tensor([row.score for row in rows]), expected.scores, rtol=1e-5, atol=1e-6)
     assert max(row.score for row in rows) == pytest.approx(calibration.image_threshold, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["clip", "clip_ac", "winclip", "vand", "coop"])
+def test_create_detector_scores_a_random_batch(tiny_backbone_112, method):
+    detector = create_detector(method, backbone=tiny_backbone_112)
+    assert not detector.training
+    images = torch.randn(2, 3, 112, 112)
+    prediction = detector(images)
+    assert prediction.scores.shape == (2,) and prediction.maps.shape == (2, 112, 112)
+    named = detector(images, ["object", "object"])  # the generic class word of an unnamed batch
+    torch.testing.assert_close(named.maps, prediction.maps)
+    torch.testing.assert_close(named.scores, prediction.scores)

@@ -94,8 +94,8 @@ class PromptEnsemble:
     """Normal/abnormal state phrases x templates, and how sentence embeddings are reduced.
 
     Each state is formatted with the class word, then each template with the state (state-major
-    order, as the reference code builds its lists). ``spaces_for_underscores`` writes
-    ``metal_nut`` as ``metal nut``; the reference WinCLIP and APRIL-GAN code insert names verbatim.
+    order, as the official code builds its lists). ``spaces_for_underscores`` writes
+    ``metal_nut`` as ``metal nut``; anomalib's WinCLIP and the official APRIL-GAN code insert names verbatim.
     """
 
     normal_states: Tuple[str, ...]
@@ -196,9 +196,14 @@ class ClassTextFeatures(nn.Module):
         self.features = torch.empty(0, device=self.features.device)
 
     def rows(self, class_names: Optional[Sequence[str]], batch: int, encode: ClassEncoder) -> torch.Tensor:
-        """(B, 2, E) rows of each image's class; ``ValueError`` when the names do not match the batch."""
+        """(B, 2, E) rows of each image's class; ``ValueError`` when the names do not match the batch.
+        Without class names the generic row is broadcast (no index list: any batch size, also
+        when traced)."""
         names = batch_class_names(class_names, batch)
         self.prepare(names, encode)
+        if class_names is None:
+            index = self.names.index(GENERIC_CLASS)
+            return self.features[index:index + 1].expand(batch, -1, -1)
         lookup = {name: index for index, name in enumerate(self.names)}
         return self.features[torch.tensor([lookup[name] for name in names], device=self.features.device)]
 

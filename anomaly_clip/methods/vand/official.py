@@ -20,7 +20,7 @@ def recognise(contents: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]
 
 
 def projection_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The linear layers of a reference checkpoint, checked against our layers' names and shapes."""
+    """The linear layers of an official checkpoint, checked against our layers' names and shapes."""
     state = dict(checkpoint[OFFICIAL_KEY])
     unknown = sorted(key for key in state if not _KEY.match(key))
     if unknown:
@@ -38,6 +38,6 @@ def projection_state(checkpoint: Mapping[str, Any], own: Mapping[str, torch.Tens
 
 
 def checkpoint_files(state: Mapping[str, torch.Tensor], epoch: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
-    """File name -> payload of the reference format for our linear layers' state."""
+    """File name -> payload of the official format for our linear layers' state."""
     name = f"official_epoch_{epoch}.pth" if epoch is not None else "official.pth"
     return {name: {OFFICIAL_KEY: {k: v.detach().cpu().clone() for k, v in state.items()}}}
