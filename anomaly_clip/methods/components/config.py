@@ -1,10 +1,11 @@
-"""Settings shared by several methods (imports no torch): the CLIP baselines' detector settings."""
+"""Settings shared by several methods (imports no torch): the CLIP baselines' detector settings and
+the optimisation settings of methods trained on frozen image features."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import MethodConfig, setting
+from ...engine.config import CACHE_MODES, MethodConfig, check_choice, setting
 
 CLIP_LOGIT_SCALE = 100.0
 """CLIP's learnt logit scale (exp of its temperature parameter, clamped at 100 in training)."""
@@ -32,3 +33,20 @@ class CLIPBaselineConfig(MethodConfig):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+
+
+@dataclass
+class FrozenFeatureTraining:
+    """Optimisation settings of a method that trains small parts on cached frozen image features
+    with Adam (AnomalyCLIP, CoOp, APRIL-GAN); each method sets its official epoch count."""
+
+    epoch: int = setting(15, "training epochs", aliases=("epochs",))
+    learning_rate: float = setting(1e-3, "Adam learning rate")
+    batch_size: int = setting(8, "training batch size")
+    feature_cache: str = setting("auto", "reuse frozen image features after the first epoch (auto: device/host/disk "
+                                         "by size; off recomputes every epoch)", choices=CACHE_MODES)
+
+    def __post_init__(self) -> None:
+        check_choice("feature_cache", self.feature_cache, CACHE_MODES)
+        if self.epoch < 1 or self.batch_size < 1:
+            raise ValueError(f"need epoch >= 1 and batch_size >= 1, got {self.epoch}, {self.batch_size}")

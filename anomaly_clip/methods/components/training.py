@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import Dataset
 
-from ...data.pseudo_anomaly import require_anomalies
+from ...data.dataset import AnomalyDataset
+from ...data.pseudo_anomaly import apply_pseudo_anomalies, require_anomalies
 from ...engine.config import TrainConfig
 from ...engine.detector import AnomalyDetector
 from ...engine.distributed import get_world_size
 from ...engine.feature_cache import EpochLoader, FeatureCache, choose_cache_mode
-from ...engine.training import StageResult, fit_stage, seed_everything
+from ...engine.training import (StageResult, TrainData, TrainingData, TrainResult, checkpoint_path, fit_stage,
+                                initialise, seed_everything, training_data)
+from .config import FrozenFeatureTraining
+from .glocal import GlocalDetector
 
 logger = logging.getLogger(__name__)
 
 ADAM_BETAS = (0.5, 0.999)
+SEG_LOSS_ADVICE = "train the global loss alone with --seg_loss_weight 0"
 _SAMPLE_KEYS = ("mask", "label", "class_id", "index")
 
 Encoder = Callable[[torch.Tensor], Dict[str, torch.Tensor]]
@@ -110,3 +115,30 @@ def train_on_frozen_features(detector: AnomalyDetector, dataset: Dataset, config
     finally:
         if cache is not None:
             cache.close()
+
+
+def glocal_dataset(detector: AnomalyDetector, data: Union[TrainingData, Dataset]) -> Dataset:
+    """The training dataset of ``data`` with the method's transforms and pseudo-anomalies (a ready
+    dataset is used as it is)."""
+    if not isinstance(data, TrainingData):
+        return data
+    dataset = AnomalyDataset(data.samples, data.root, image_size=detector.image_size,
+                             mask_interpolation=detector.mask_interpolation)
+    return apply_pseudo_anomalies(dataset, data.pseudo_anomalies)
+
+
+def train_glocal(detector: GlocalDetector, data: TrainData, config: TrainConfig, settings: FrozenFeatureTraining,
+                 check: Optional[Callable[[Dataset], None]] = None) -> TrainResult:
+    """AnomalyCLIP's recipe for the ``prompt_learner`` of a :class:`~.glocal.GlocalDetector`
+    (AnomalyCLIP, CoOp): the glocal loss on cached frozen image features, Adam betas 0.5 / 0.999,
+    ``settings`` for epochs, learning rate, batch size and the feature cache. ``data`` as for
+    :func:`anomaly_clip.fit`; data without masks needs ``seg_loss_weight`` 0; ``check(dataset)``
+    refuses data the method cannot train on (``ValueError``)."""
+    initialise(detector, config)
+    dataset = glocal_dataset(detector, training_data(data))
+    result = train_on_frozen_features(
+        detector, dataset, config, detector.prompt_learner.parameters(), detector.image_features,
+        detector.glocal_loss, detector.feature_bytes(), epochs=settings.epoch, learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size, feature_cache=settings.feature_cache,
+        masks_advice=SEG_LOSS_ADVICE if detector.config.seg_loss_weight else None, check=check)
+    return TrainResult({"": result}, checkpoint_path(Path(config.save_path), "", settings.epoch))

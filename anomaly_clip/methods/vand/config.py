@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import CACHE_MODES, MethodConfig, check_choice, setting
+from ...engine.config import MethodConfig, setting
+from ..components.config import FrozenFeatureTraining
 
 OFFICIAL_BACKBONE: Dict[str, Any] = {"activation": "gelu", "pos_embed_interpolation": "bicubic_antialias"}
 """The official code rebuilds ViT-L/14-336 from its JSON config (exact GELU, not QuickGELU) and
@@ -43,22 +44,16 @@ class VANDConfig(MethodConfig):
 
 
 @dataclass
-class VANDTraining:
+class VANDTraining(FrozenFeatureTraining):
     """Optimisation settings of the official ``train.sh`` (MVTec AD run: 3 epochs, mosaics 0.2;
     the VisA run uses 15 epochs and no mosaics, see ``configs/vand/``)."""
 
     epoch: int = setting(3, "training epochs", aliases=("epochs",))
-    learning_rate: float = setting(1e-3, "Adam learning rate")
-    batch_size: int = setting(8, "training batch size")
     aug_rate: float = setting(0.2, "probability of replacing a training image by a 2 x 2 mosaic of four images of "
                                    "its class (official: 0.2 on MVTec AD, 0 on VisA)")
-    feature_cache: str = setting("auto", "reuse frozen image features after the first epoch (auto: device/host/disk "
-                                         "by size; off recomputes every epoch)", choices=CACHE_MODES)
 
     def __post_init__(self) -> None:
-        check_choice("feature_cache", self.feature_cache, CACHE_MODES)
-        if self.epoch < 1 or self.batch_size < 1:
-            raise ValueError(f"need epoch >= 1 and batch_size >= 1, got {self.epoch}, {self.batch_size}")
+        super().__post_init__()
         if not 0.0 <= self.aug_rate <= 1.0:
             raise ValueError(f"aug_rate must lie in [0, 1], got {self.aug_rate}")
 
