@@ -78,8 +78,9 @@ def test_scores_and_maps_match_plain_reference(tiny_backbone, cls, config, sente
     names = ["metal_nut", "fabric", "metal_nut"]
     prediction = detector(images, names)
     clip = tiny_backbone.clip
+    texts = {name: reference_text(clip, sentences(name.replace("_", " "))) for name in set(names)}
     for b, name in enumerate(names):
-        text = reference_text(clip, sentences(name.replace("_", " ")))
+        text = texts[name]
         score, anomaly_map = reference_prediction(clip, images[b], text)
         torch.testing.assert_close(prediction.scores[b], score, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(prediction.maps[b], anomaly_map, rtol=1e-4, atol=1e-5)
@@ -176,12 +177,12 @@ def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthet
 
 
 @pytest.mark.parametrize("method", ["clip", "clip_ac", "winclip", "vand", "coop"])
-def test_create_detector_scores_a_random_batch(tiny_backbone_112, method):
-    detector = create_detector(method, backbone=tiny_backbone_112)
+def test_create_detector_scores_a_random_batch(tiny_backbone, method):
+    detector = create_detector(method, backbone=tiny_backbone)
     assert not detector.training
-    images = torch.randn(2, 3, 112, 112)
+    images = torch.randn(2, 3, 56, 56)
     prediction = detector(images)
-    assert prediction.scores.shape == (2,) and prediction.maps.shape == (2, 112, 112)
+    assert prediction.scores.shape == (2,) and prediction.maps.shape == (2, 56, 56)
     named = detector(images, ["object", "object"])  # the generic class word of an unnamed batch
     torch.testing.assert_close(named.maps, prediction.maps)
     torch.testing.assert_close(named.scores, prediction.scores)

@@ -130,7 +130,9 @@ def test_scripts_from_another_folder_compare_every_baseline_in_one_table(caller)
     assert "clip is training-free: nothing to train" in trained.stdout
     assert written_since(REPO / "checkpoints", start) == []
 
-    tested = run_script("test.sh", caller, METHODS=" ".join(BASELINES), TEST_ARGS=f"{TINY} --batch_size 8")
+    # MVTec AD alone (VisA's root unset): evaluated with the VisA-trained checkpoints
+    tested = run_script("test.sh", caller, METHODS=" ".join(BASELINES), TEST_ARGS=f"{TINY} --batch_size 8",
+                        VISA_ROOT="")
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
     results = caller / "results"
     table = (results / "comparison.md").read_text()

@@ -75,7 +75,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     if not is_main_process():
         return rows
     table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
-    settings = {"checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None, "method": detector.method_name, "inputs": list(args.input),
+    settings = {"checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+                "method": detector.method_name, "inputs": list(args.input),
                 "class_name": class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(files.value_range) if files.value_range else None,
                 "random_init": detector.backbone.config.random_init,

@@ -91,7 +91,7 @@ class ModelSettings:
     """The trained model a command reads (``test``, ``predict``, ``calibrate``)."""
 
     checkpoint_path: str = setting(None, "our checkpoint, or an official one (AnomalyCLIP epoch_15.pth; AA-CLIP "
-                                         "folder)")
+                                         "folder); a training-free --method (clip, clip_ac, winclip) needs none")
     method: Optional[str] = setting(None, "method of the checkpoint (detected from the file when omitted)")
 
 

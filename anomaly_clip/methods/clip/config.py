@@ -1,4 +1,5 @@
-"""CLIP settings: those of the CLIP baselines (:class:`~anomaly_clip.methods.components.config.CLIPBaselineConfig`)."""
+"""CLIP settings: those of the CLIP baselines
+(:class:`~anomaly_clip.methods.components.config.CLIPBaselineConfig`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

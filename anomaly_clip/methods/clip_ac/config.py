@@ -1,4 +1,5 @@
-"""CLIP-AC settings: those of the CLIP baselines (:class:`~anomaly_clip.methods.components.config.CLIPBaselineConfig`)."""
+"""CLIP-AC settings: those of the CLIP baselines
+(:class:`~anomaly_clip.methods.components.config.CLIPBaselineConfig`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -14,7 +14,8 @@ _KEY = re.compile(r"^fc\.(\d+)\.(weight|bias)$")
 
 def recognise(contents: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
     """The official checkpoint in a file's dictionary ``contents``, or None when it is not one."""
-    if isinstance(contents, Mapping) and set(contents) == {OFFICIAL_KEY} and isinstance(contents[OFFICIAL_KEY], Mapping):
+    if isinstance(contents, Mapping) and set(contents) == {OFFICIAL_KEY} \
+            and isinstance(contents[OFFICIAL_KEY], Mapping):
         return dict(contents)
     return None
 
