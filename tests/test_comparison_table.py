@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from anomaly_clip import cli
-from anomaly_clip.cli.protocol import ProtocolError, load_protocol
+from anomaly_clip.cli.protocol import ProtocolError, build_protocol_parser, load_protocol, requested_methods
 from anomaly_clip.data.registry import MVTEC_CLASSES, published_classes_problem
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.metrics.published import MethodRun, compare_run, comparison_cells, read_published
@@ -89,7 +89,7 @@ def test_summarize_lays_out_methods_like_the_papers(tmp_path):
         (80.0, 74.1, "", "False")
 
 
-def test_each_baseline_has_a_protocol():
+def test_each_baseline_has_a_protocol(monkeypatch):
     for method in BASELINES:
         protocol = load_protocol("zero_shot", method)
         assert protocol.training_free == (method in ("clip", "clip_ac", "winclip"))
@@ -98,6 +98,10 @@ def test_each_baseline_has_a_protocol():
     assert load_protocol("zero_shot", "coop").run_for("btad").dataset == "mvtec"
     with pytest.raises(ProtocolError, match="unknown method 'nope'"):
         load_protocol("zero_shot", "nope")
+    monkeypatch.delenv("METHODS", raising=False)
+    parser = build_protocol_parser()
+    assert requested_methods(parser.parse(["test", "--methods", "clip", "vand", "--per_class"])) == ("clip", "vand")
+    assert requested_methods(parser.parse(["test", "--method", "coop"])) == ("coop",)
 
 
 @pytest.fixture(scope="module")
