@@ -42,6 +42,9 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     from ..engine.calibration import calibrate, image_level_samples, sidecar_path
     from ..engine.inference import collect_outputs, expand_inputs
 
+    if not args.output and not args.checkpoint_path:
+        raise UsageError("without --checkpoint_path there is no checkpoint to store the calibration beside: give "
+                         "--output FILE (then pass it to predict --calibration FILE)")
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
     detector = load_model(args, data_path=args.data_path)
@@ -59,7 +62,8 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
                               precision=args.precision, class_name=args.class_name,
                               keep_maps=args.normal_quantile is None)
     calibration = calibrate(detector, outputs, normal_quantile=args.normal_quantile,
-                            provenance={"checkpoint": str(args.checkpoint_path), "class_name": args.class_name,
+                            provenance={"checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+                                        "class_name": args.class_name,
                                         **source})
     calibration.save(output)
     logger.info("Wrote the calibration to %s%s", output, "" if args.output is None else

@@ -10,7 +10,7 @@ import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from jsonargparse import Namespace
 
@@ -55,13 +55,20 @@ def _owners(kind: str) -> Dict[str, List[str]]:
     return owners
 
 
-def add_method_flags(command: CommandParser, training: bool = False, only: Optional[str] = None) -> None:
+def add_method_flags(command: CommandParser, training: bool = False, first: Optional[str] = None,
+                     only: Optional[str] = None) -> None:
     """Every registered method's settings, grouped by method (shared fields appear once); with
-    ``only``, that method's alone (``--method NAME --help``)."""
+    ``only``, that method's alone (``--method NAME --help``). Method ``first`` comes first: a
+    training setting several methods share (``--epoch``) then defaults to that method's value
+    (APRIL-GAN trains 3 epochs, AnomalyCLIP 15)."""
+    methods = registered_methods()
+    if first is not None:
+        chosen = find_method(first)
+        methods = [chosen] + [method for method in methods if method.name != chosen.name]
     for kind in ("config", "training") if training else ("config",):
         owners = _owners(kind)
-        everyone = {method.name for method in registered_methods()}
-        for method in registered_methods():
+        everyone = {method.name for method in methods}
+        for method in methods:
             cls = method.config_class if kind == "config" else method.training_config_class
             if cls is None or (only is not None and method.name != only):
                 continue
@@ -71,20 +78,6 @@ def add_method_flags(command: CommandParser, training: bool = False, only: Optio
                 if set(users) != everyone:
                     flag.kwargs["help"] = f"{flag.kwargs['help'].rstrip()} [{', '.join(users)}]"
             command.add_flags(flags, _method_title(method))
-
-
-def help_method(argv: Sequence[str]) -> Optional[str]:
-    """The method named by ``--method NAME`` (or ``--method=NAME``) when ``argv`` asks for help
-    (so ``--help`` lists that method's flags only), else None."""
-    if not {"-h", "--help"} & set(argv):
-        return None
-    names = method_names()
-    for index, arg in enumerate(argv):
-        if arg == "--method" and index + 1 < len(argv) and argv[index + 1] in names:
-            return argv[index + 1]
-        if arg.startswith("--method=") and arg.split("=", 1)[1] in names:
-            return arg.split("=", 1)[1]
-    return None
 
 
 METHOD_HELP = ("Flags of every method are listed, each group under its method's name; '{prog} --method NAME "

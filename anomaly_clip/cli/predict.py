@@ -82,7 +82,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         written.raise_for_failures()
         return rows
     table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv", warning=random_weights_mark(random_init))
-    settings = {"checkpoint": str(args.checkpoint_path), "method": detector.method_name, "inputs": list(args.input),
+    settings = {"checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+                "method": detector.method_name, "inputs": list(args.input),
                 "class_name": class_name, "calibration": calibration.to_dict(),
                 "overlay_colour_range": list(scale.value_range) if scale.value_range else None,
                 "overlay_colour_range_source": scale.source if scale.value_range else None,

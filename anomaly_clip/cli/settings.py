@@ -12,6 +12,15 @@ from ..engine.config import MAP_DTYPES, MAP_FORMATS, METRIC_LEVELS, OVERLAY_FORM
 from ..settings import setting
 
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
+SUMMARY_LAYOUTS = ("runs", "methods")
+
+
+def _environment_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _environment_list(name: str) -> Optional[Tuple[str, ...]]:
+    return tuple(os.environ.get(name, "").replace(",", " ").split()) or None
 
 
 @dataclass
@@ -95,7 +104,7 @@ class ModelSettings:
     """The trained model a command reads (``test``, ``predict``, ``calibrate``)."""
 
     checkpoint_path: str = setting(None, "our checkpoint, or an official one (AnomalyCLIP epoch_15.pth; AA-CLIP "
-                                         "folder)")
+                                         "folder); a training-free --method (clip, clip_ac, winclip) needs none")
     method: Optional[str] = setting(None, "method of the checkpoint (detected from the file when omitted)")
 
 
@@ -172,6 +181,12 @@ class SummarizeSettings:
     published: Optional[Tuple[str, ...]] = setting(None, "published-table YAML file(s) (default: "
                                                          "configs/published/<method>.yaml)", metavar="FILE")
     output: Optional[str] = setting(None, "also write the table (markdown) to this file", metavar="FILE")
+    layout: str = setting("runs", "runs: one row per run and metric (ours | published | delta); methods: the "
+                                  "papers' layout, rows = datasets (and metrics), columns = methods, each cell "
+                                  "'ours (published)'", choices=SUMMARY_LAYOUTS)
+    per_class: bool = setting(False, "methods layout: also one row per class (the papers' per-class tables)")
+    csv: Optional[str] = setting(None, "methods layout: also write the cells as CSV (one row per dataset, class, "
+                                       "metric and method) to this file", metavar="FILE")
 
 
 @dataclass
@@ -180,6 +195,10 @@ class ProtocolSettings:
 
     method: str = setting(default_factory=lambda: os.environ.get("METHOD") or "anomalyclip",
                           help="method (env METHOD)")
+    methods: Optional[Tuple[str, ...]] = setting(default_factory=lambda: _environment_list("METHODS"),
+                                                 help="several methods, run one after the other and compared in "
+                                                      "one table (env METHODS, e.g. \"clip winclip vand\"); "
+                                                      "overrides --method", metavar="METHOD")
     protocol: str = setting(default_factory=lambda: os.environ.get("PROTOCOL") or "zero_shot",
                             help="zero_shot, tn3k, or a protocol file (env PROTOCOL)")
     shot: int = setting(default_factory=lambda: int(os.environ.get("SHOT") or 0),
@@ -188,6 +207,8 @@ class ProtocolSettings:
                                                  help="published table of the final comparison (default: the "
                                                       "config's; env REFERENCE)", aliases=("reference",))
     extra: str = setting("", "extra flags for train / test, one string (TRAIN_ARGS / TEST_ARGS)", aliases=("args",))
+    per_class: bool = setting(default_factory=lambda: _environment_flag("PER_CLASS"),
+                              help="the final table also has one row per class (env PER_CLASS=1)")
 
 
 @dataclass

@@ -9,15 +9,16 @@ from typing import Optional, Sequence, Tuple
 
 from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
                      method_config_values, method_names, plain_settings, setup_logging)
-from .options import CommandParser, config_source, dataclass_flags, read_config_file, write_resolved_config
+from .options import CommandParser, UsageError, config_source, dataclass_flags, read_config_file, write_resolved_config
 from .settings import DataSettings, EvaluationSettings, ModelSettings, ReferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
 def add_model_flags(command: CommandParser) -> None:
-    """``--checkpoint_path`` (required) and ``--method`` (checked against the file)."""
-    command.add_argument("--checkpoint_path", title="model", required=True, default=None,
+    """``--checkpoint_path`` (required unless ``--method`` is training-free) and ``--method``
+    (checked against the file)."""
+    command.add_argument("--checkpoint_path", title="model", default=None,
                          help=ModelSettings.__dataclass_fields__["checkpoint_path"].metadata["help"])
     command.add_argument("--method", title="model", default=None, choices=method_names(),
                          help=ModelSettings.__dataclass_fields__["method"].metadata["help"])
@@ -46,13 +47,41 @@ def build_test_parser() -> CommandParser:
                                (ReferenceSettings, "few-shot normal references")], data_path=True)
 
 
+def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
+    """A detector of the training-free ``--method`` (no ``--checkpoint_path``): the method's
+    defaults with its backbone and method flags applied; a trained method, or no method at all,
+    is a :class:`UsageError` saying what to give."""
+    from .. import api
+    from ..engine.calibration import attach_calibration
+    from ..engine.registry import find_method, registered_methods
+
+    free = ", ".join(m.name for m in registered_methods() if m.training_free)
+    if not args.method:
+        raise UsageError(f"--checkpoint_path is required (training-free methods need only --method: {free})")
+    method = find_method(args.method)
+    if not method.training_free:
+        raise UsageError(f"--checkpoint_path is required: {method.name} has learnt parts (training-free methods: "
+                         f"{free})")
+    check_method_flags(args, method)
+    backbone = api.load_backbone(backbone_config(args, method.detector_class.default_backbone_config()),
+                                 device=args.device)
+    detector = api.create_detector(method.name, backbone=backbone,
+                                   config=method_config_values(args, method, data_path=data_path))
+    if calibration is not None:
+        attach_calibration(detector, calibration)
+    return detector
+
+
 def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
                data_path: Optional[str] = None, checkpoint=None):
     """The checkpoint of ``--checkpoint_path`` (read once: pass the ``CheckpointFile`` when the
-    caller has read it) with the method and backbone flags applied."""
+    caller has read it) with the method and backbone flags applied; without a checkpoint, the
+    training-free ``--method`` (:func:`training_free_model`)."""
     from ..engine.checkpoint import identify_checkpoint, load
     from ..engine.registry import find_method
 
+    if checkpoint is None and not args.get("checkpoint_path"):
+        return training_free_model(args, calibration, data_path)
     checkpoint = checkpoint or identify_checkpoint(args.checkpoint_path)
     method = find_method(checkpoint.method)
     if args.method and find_method(args.method).name != method.name:
@@ -148,9 +177,10 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
         write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))
-    checkpoint = identify_checkpoint(args.checkpoint_path)
+    checkpoint = identify_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
     detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
-    warn_if_trained_on(checkpoint, args.data_path, args.split, args.metadata)
+    if checkpoint is not None:
+        warn_if_trained_on(checkpoint, args.data_path, args.split, args.metadata)
     samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
     bank = reference_bank(args, detector, args.data_path, args.reference_class)
     if bank is not None:
@@ -179,7 +209,8 @@ def evaluation_settings(args, detector, bank) -> dict:
     """What ``results.json`` records of a test run: model, data, metrics, references, config file."""
     settings = {
         "method": detector.method_name, "dataset": args.dataset or Path(args.data_path).name,
-        "checkpoint": str(args.checkpoint_path), "method_config": detector.config.to_dict(),
+        "checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+        "method_config": detector.config.to_dict(),
         "backbone_config": detector.backbone.config.to_dict(), "metrics": args.metrics, "aupro": args.aupro,
     }
     if bank is not None:

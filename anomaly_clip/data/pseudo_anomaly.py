@@ -26,8 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .augment import sample_seed
-from .dataset import AnomalyDataset
-from .records import ANOMALOUS, Sample, class_names
+from .dataset import AnomalyDataset, AnomalyDatasetView
+from .records import ANOMALOUS
 from .synthetic import DEFECT_TYPES, DONOR_DEFECTS, Scene, add_defect
 
 logger = logging.getLogger(__name__)
@@ -104,14 +104,15 @@ def require_anomalies(dataset: Dataset, where: Any) -> None:
                          f"in the README)")
 
 
-class PseudoAnomalyDataset(Dataset):
+class PseudoAnomalyDataset(AnomalyDatasetView):
     """An :class:`~anomaly_clip.data.dataset.AnomalyDataset` whose normal images are painted with
     a defect with probability ``settings.probability``, drawn anew every epoch (see the module
     docstring). Items carry ``pseudo_anomaly`` (bool) besides the usual keys; real anomalous
     images pass through unchanged."""
 
     def __init__(self, dataset: AnomalyDataset, settings: PseudoAnomalies):
-        self.dataset, self.settings = dataset, settings
+        super().__init__(dataset)
+        self.settings = settings
         self.normals_by_class: Dict[str, List[int]] = defaultdict(list)
         for index, sample in enumerate(dataset.samples):
             if not sample.is_anomalous:
@@ -128,14 +129,6 @@ class PseudoAnomalyDataset(Dataset):
                     ", ".join(self.settings.kinds))
 
     @property
-    def samples(self) -> List[Sample]:
-        return self.dataset.samples
-
-    @property
-    def class_names(self) -> List[str]:
-        return class_names(self.samples)
-
-    @property
     def has_masks(self) -> bool:
         """Painted masks are exact; real anomalous images keep the wrapped dataset's status."""
         return not self.image_level_only
@@ -143,16 +136,6 @@ class PseudoAnomalyDataset(Dataset):
     @property
     def varies_by_epoch(self) -> bool:
         return True
-
-    @property
-    def epoch(self) -> int:
-        return self.dataset.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def painting_rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([_STREAM, sample_seed(self.settings.seed, self.epoch, index)])
