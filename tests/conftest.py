@@ -34,3 +34,19 @@ def train_config(save_path, method=None, **run):
 
     run.setdefault("num_workers", 0)
     return TrainConfig(save_path=str(save_path), method=method, **run)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The connection check fails and any download attempt fails the test."""
+    import open_clip
+
+    from anomaly_clip.clip import weights as weights_module
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", forbidden)

@@ -56,7 +56,7 @@ def test_test_script_evaluates_our_checkpoint(trained, synthetic, tmp_path):
     assert saved["maps"].shape == (8, 56, 56) and saved["maps"].dtype == np.float32
     assert np.isfinite(saved["scores"]).all()
     assert json.loads((tmp_path / "results.json").read_text())["settings"]["method"] == "aaclip"
-    assert list((tmp_path / "heatmaps").rglob("*.png"))
+    assert list((tmp_path / "heatmaps").rglob("*.jpg"))
 
 
 def test_test_script_reads_the_reference_folder(trained, synthetic, tmp_path):

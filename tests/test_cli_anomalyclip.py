@@ -59,7 +59,7 @@ def test_test_needs_no_architecture_flags_and_writes_outputs(trained, synthetic_
         assert data["maps"].dtype == np.float32 and data["maps"].shape == (6, 56, 56)
         assert data["scores"].dtype == np.float32 and data["labels"].tolist() == [0, 0, 0, 1, 1, 1]
         assert all(name in path for path in data["paths"])
-    panels = sorted((tmp_path / "heatmaps").rglob("*.png"))
+    panels = sorted((tmp_path / "heatmaps").rglob("*.jpg"))
     assert len(panels) == 12
 
 

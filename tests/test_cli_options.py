@@ -47,7 +47,7 @@ def test_a_flag_of_another_method_is_one_clear_error(capsys, tmp_path):
 
     check_method_flags(shared, find_method("anomalyclip"), training=True)  # its config has dpam_layers
     check_method_flags(shared, find_method("aaclip"), training=True)  # its training settings have it
-    with pytest.raises(UsageError, match="--sigma is a setting of anomalyclip, not of aaclip"):
+    with pytest.raises(UsageError, match="--sigma is a setting of anomalyclip, clip, clip_ac, coop, not of aaclip"):
         check_method_flags(build_train_parser().parse(["--train_data_path", "d", "--sigma", "2"]),
                            find_method("aaclip"), training=True)
     with pytest.raises(UsageError, match="unrecognized arguments: --no_such_flag"):

@@ -13,6 +13,7 @@ import yaml
 from anomaly_clip import cli
 from anomaly_clip.cli.options import ConfigError, expand_variables, section_values
 from anomaly_clip.cli.protocol import load_protocol
+from anomaly_clip.cli.test import build_test_parser
 from anomaly_clip.cli.train import build_train_parser
 from anomaly_clip.data.registry import get_dataset_info
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
@@ -39,14 +40,21 @@ def test_every_protocol_file_parses_against_its_parser(monkeypatch):
     monkeypatch.setenv("VISA_ROOT", "/data/visa")
     monkeypatch.setenv("MVTEC_ROOT", "/data/mvtec")
     monkeypatch.setenv("TN3K_ROOT", "/data/tn3k")
+    monkeypatch.setenv("COLONDB_ROOT", "/data/colondb")
+    monkeypatch.setenv("DATASET", "mvtec")
+    monkeypatch.setenv("DATA_ROOT", "/data/mvtec")
     files = sorted(CONFIGS.glob("*/*.yaml"))
     protocol_files = [f for f in files if f.parent.name != "published" and f.name != "protocol.yaml"]
-    assert len(protocol_files) >= 7
+    assert len(protocol_files) >= 15
     for file in protocol_files:
         content = yaml.safe_load(file.read_text())
         if "train" in content:
             values = build_train_parser().parse(["--config", str(file)])
             assert values.method == content["method"] and values.train_data_path.startswith("/data/")
+        values = build_test_parser().parse(["--config", str(file)])
+        assert values.method == content["method"] and values.data_path.startswith("/data/")
+        published = read_published(CONFIGS / "published" / f"{content['method']}.yaml")
+        assert content["published"] in published.references, file
 
 
 def test_released_anomalyclip_setting_is_in_the_config(monkeypatch):

@@ -138,7 +138,7 @@ def test_device_cuda_without_a_gpu_is_one_line(data, checkpoints, tmp_path, caps
 # ---- usage errors: one line and where the help is --------------------------------------------------
 
 @pytest.mark.parametrize("command, argv, problem", [
-    ("test", ["--data_path", "d"], "missing --checkpoint_path; see 'test.py --help'"),
+    ("test", ["--data_path", "d"], "--checkpoint_path is required (training-free methods need only --method"),
     ("calibrate", ["--checkpoint_path", "c"], "give either --data_path (a dataset with metadata) or --input"),
     ("calibrate", ["--checkpoint_path", "c", "--input", "x"], "F1-max needs labels, so give --normal_quantile"),
     ("protocol", [], "missing the stage argument"),

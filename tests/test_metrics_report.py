@@ -137,10 +137,13 @@ def test_save_writes_json_csv_and_markdown_with_settings(tmp_path):
     assert content["mean"]["pixel AUROC"] == pytest.approx((0.981 + 0.7) / 2)
     with paths["csv"].open() as handle:
         rows = list(csv.reader(handle))
-    assert rows[0][:4] == ["class", "images", "anomalous_images", "image AUROC"]
+    assert rows[0][:4] == ["class", "images", "anomalous_images", "image AUROC (%)"]  # percent, as the tables
+    assert all(header.endswith("(%)") for header in rows[0][3:])
     assert rows[2][3] == "N/A"
-    assert float(rows[1][3]) == pytest.approx(0.91234)
+    assert float(rows[1][3]) == pytest.approx(91.234)
     assert rows[3][:3] == ["mean", "18", "14"]
+    table_mean = next(line for line in report.to_markdown().splitlines() if line.startswith("| mean"))
+    assert [f"{float(v):.1f}" for v in rows[3][3:]] == [cell.strip() for cell in table_mean.split("|")[2:-1]]
     assert paths["markdown"].read_text().strip() == report.to_markdown()
 
 

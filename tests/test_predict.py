@@ -20,7 +20,9 @@ from anomaly_clip.data.synthetic import generate_synthetic_dataset
 from anomaly_clip.engine.calibration import Calibration, quantile_value, sidecar_path
 from anomaly_clip.engine.checkpoint import save_checkpoint
 from anomaly_clip.engine.inference import expand_inputs
+from anomaly_clip.clip.config import RANDOM_WEIGHTS_WARNING
 from anomaly_clip.engine.outputs import read_map_png16, write_map_png16
+from anomaly_clip.engine.visualization import GAP, PANEL_MIN_HEIGHT
 
 TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu",
         "--num_workers", "0"]
@@ -84,7 +86,8 @@ def bar_run(checkpoint, mixed_folder, tmp_path_factory):
 
 def test_the_bar_one_row_per_image(bar_run, mixed_folder):
     rows = read_rows(bar_run / "predictions.csv")
-    assert list(rows[0]) == ["path", "score", "label", "error"]
+    assert list(rows[0]) == ["path", "score", "label", "error", "warning"]  # a random-weights model: every row says so
+    assert {row["warning"] for row in rows} == {RANDOM_WEIGHTS_WARNING}
     images = [p for p in mixed_folder.rglob("*") if p.suffix in (".png", ".jpg", ".bmp")]
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
     for row in rows:
@@ -98,9 +101,12 @@ def test_maps_at_original_size_and_overlays(bar_run):
     for name, size in SIZES.items():
         saved = np.load(bar_run / "maps" / f"{name}.npz")
         assert saved["map"].shape == size and saved["map"].dtype == np.float32
-        overlay = np.asarray(Image.open(bar_run / "overlays" / f"{name}.png"))
-        assert overlay.shape[1] == 3 * size[1] and overlay.shape[0] > size[0]
-    assert not (bar_run / "overlays" / "broken.png.png").exists()
+        overlay = Image.open(bar_run / "overlays" / f"{name}.jpg")
+        assert overlay.format == "JPEG"
+        # three columns, small images enlarged to PANEL_MIN_HEIGHT, under a header and over the colour bar
+        height = max(size[0], PANEL_MIN_HEIGHT)
+        assert overlay.width == 3 * round(size[1] * height / size[0]) + 2 * GAP and overlay.height > height
+    assert not list((bar_run / "overlays").glob("broken.png*"))
 
 
 def test_labels_follow_a_known_threshold(model, mixed_folder, bar_run):
@@ -172,7 +178,7 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         settings = json.loads((tmp_path / "predict_settings.json").read_text())
         assert settings["overlay_colour_range"] == [0.0, 3.0]
         assert settings["calibration"]["pixel_threshold"] == calibration.pixel_threshold
-        assert len(list((tmp_path / "overlays").rglob("*.png"))) == len(rows)
+        assert len(list((tmp_path / "overlays").rglob("*.jpg"))) == len(rows)
         assert sum(r.label for r in rows) >= 1  # the image at the maximum is called anomalous (score >= threshold)
     finally:
         sidecar_path(checkpoint).unlink()

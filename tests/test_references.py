@@ -3,6 +3,7 @@ and test.py --reference_images end to end."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,48 @@ def test_test_py_with_two_references_and_a_saved_bank(anomalyclip, aaclip, synth
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         cli.test_main([*common, "--save_path", str(tmp_path / "y"), "--reference_images", "2",
                        "--reference_weight", "2"])
+
+
+def test_k_references_without_the_split_name_the_flag_and_the_folder_form(anomalyclip, synthetic_root, tmp_path,
+                                                                           capsys):
+    """Issue 19: a dataset with a test split only; K references default to the train split."""
+    root = tmp_path / "test_only"
+    shutil.copytree(synthetic_root, root)
+    content = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({"test": content["test"]}))
+    checkpoint = save_checkpoint(tmp_path / "model.pth", anomalyclip)
+    with pytest.raises(SystemExit) as caught:
+        cli.run("test", ["--data_path", str(root), "--checkpoint_path", str(checkpoint), "--save_path",
+                         str(tmp_path / "out"), "--reference_images", "2", "--device", "cpu", "--num_workers", "0"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert caught.value.code == 2 and len(errors) == 1
+    assert "'train' split" in errors[0] and "--reference_split" in errors[0] and "--reference_images DIR" in errors[0]
+    assert "has no split 'train'" in errors[0]
+
+
+def test_references_drawn_from_the_evaluated_images_are_left_out(anomalyclip, synthetic_root, tmp_path):
+    checkpoint = save_checkpoint(tmp_path / "model.pth", anomalyclip)
+    result = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(checkpoint), "--save_path",
+                            str(tmp_path), "--reference_images", "1", "--reference_split", "test", "--device", "cpu",
+                            "--num_workers", "0"])
+    images = {row.name: row.num_images for row in result["report"].rows}
+    assert images == {"fabric": 3, "washer": 3}          # 4 test images per class, 1 of them a reference
+    log = (tmp_path / "test_log.txt").read_text()
+    assert "2 of the evaluated images are normal references" in log and "left out of the evaluation" in log
+    plain = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(checkpoint), "--save_path",
+                           str(tmp_path / "train_refs"), "--reference_images", "1", "--device", "cpu",
+                           "--num_workers", "0"])
+    assert {row.name: row.num_images for row in plain["report"].rows} == {"fabric": 4, "washer": 4}
+    assert "left out of the evaluation" not in (tmp_path / "train_refs" / "test_log.txt").read_text()
+
+
+def test_evaluating_a_model_on_its_training_images_is_warned_about(synthetic_root, tmp_path):
+    run = ["--device", "cpu", "--num_workers", "0"]
+    checkpoint = cli.train_main(["--tiny", "--image_size", "56", "--train_data_path", synthetic_root, "--save_path",
+                                 str(tmp_path / "run"), "--epoch", "1", "--features_list", "24", *run])
+    cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(checkpoint), "--save_path",
+                   str(tmp_path / "same"), *run])
+    assert "was trained on the very images evaluated here" in (tmp_path / "same" / "test_log.txt").read_text()
+    cli.test_main(["--data_path", synthetic_root, "--split", "train", "--checkpoint_path", str(checkpoint),
+                   "--save_path", str(tmp_path / "other"), "--metrics", "image-level", *run])
+    assert "trained on the very images" not in (tmp_path / "other" / "test_log.txt").read_text()

@@ -70,18 +70,6 @@ def trained_checkpoint(synthetic_root, tmp_path_factory):
                               *TRAIN_FLAGS])
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """The connection check fails and any download attempt fails the test."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(weights_module, "can_reach", lambda url, timeout=None: False)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(open_clip, "download_pretrained", forbidden)
-
-
 def _official_checkpoint(tiny_backbone, path: Path) -> Path:
     """A reference-format AnomalyCLIP file: it names no backbone, so loading it needs ViT-L-14-336 weights."""
     detector = AnomalyCLIP(tiny_backbone, AnomalyCLIPConfig(features_list=(12, 24)))
@@ -497,7 +485,7 @@ def test_pretrained_results_carry_no_warning(tmp_path):
 
 def test_demo_without_weights_says_why_in_its_own_flags(caplog, monkeypatch):
     monkeypatch.setattr(weights_module, "_cached_pretrained_file", lambda config, cache_dir: None)
-    args = Namespace(weights=None, download=False, image_size=None, device="cpu")
+    args = Namespace(weights=None, download=False, image_size=None, device="cpu", tiny=False)
     backbone, pretrained = demo._demo_backbone(args)
     assert not pretrained and backbone.config.random_init
     warning = caplog.text

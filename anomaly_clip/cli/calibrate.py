@@ -13,6 +13,7 @@ calibration records them and ``predict`` checks that it runs with the same ones.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,8 @@ from .test import checkpoint_command, load_model, reference_bank
 
 # the reference flags predict has (calibrate takes the same ones)
 REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
+
+logger = logging.getLogger(__name__)
 
 
 def build_calibrate_parser() -> CommandParser:
@@ -55,6 +58,9 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     from ..engine.references import predict_with_references
 
     resolve_device(args.device)
+    if not args.output and not args.checkpoint_path:
+        raise UsageError("without --checkpoint_path there is no checkpoint to store the calibration beside: give "
+                         "--output FILE (then pass it to predict --calibration FILE)")
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
     detector = load_model(args, data_path=args.data_path)
@@ -78,7 +84,10 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     if bank is not None:
         references = {"source": str(args.reference_images), **references_record(bank.sources, args.reference_weight)}
     calibration = calibrate(detector, outputs, normal_quantile=args.normal_quantile,
-                            provenance={"checkpoint": str(args.checkpoint_path), "class_name": args.class_name,
-                                        "references": references, "precision": args.precision, **source})
+                            provenance={"checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+                                        "class_name": args.class_name, "references": references,
+                                        "precision": args.precision, **source})
     calibration.save(output)
+    logger.info("Wrote the calibration to %s%s", output, "" if args.output is None else
+                f" (use it with: predict --calibration {output})")
     return calibration

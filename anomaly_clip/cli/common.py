@@ -17,14 +17,16 @@ from jsonargparse import Namespace
 from ..clip.config import BackboneConfig
 from ..engine.registry import Method, find_method, registered_methods
 from .options import CommandParser, Flag, UsageError, dataclass_flags
-from .settings import RunSettings
+from .settings import RunSettings, TinySettings
 
 BACKBONE_GROUP = "backbone"
 
 
 def add_backbone_flags(command: CommandParser, num_workers: bool = True, precision: bool = True) -> None:
-    """The backbone's settings (defaults: the method's or the checkpoint's), network use, device
-    (and the data loading workers and the autocast precision, unless the command has no use for them)."""
+    """The backbone's settings (defaults: the method's or the checkpoint's), the tiny preset,
+    network use, device (and the data loading workers and the autocast precision, unless the
+    command has no use for them)."""
+    command.add_flags(dataclass_flags(TinySettings, BACKBONE_GROUP), BACKBONE_GROUP)
     command.add_flags(dataclass_flags(BackboneConfig, BACKBONE_GROUP, none_defaults=True), BACKBONE_GROUP)
     group = command.group(BACKBONE_GROUP)
     network = group.add_mutually_exclusive_group()
@@ -55,14 +57,22 @@ def _owners(kind: str) -> Dict[str, List[str]]:
     return owners
 
 
-def add_method_flags(command: CommandParser, training: bool = False) -> None:
-    """Every registered method's settings, grouped by method (shared fields appear once)."""
+def add_method_flags(command: CommandParser, training: bool = False, first: Optional[str] = None,
+                     only: Optional[str] = None) -> None:
+    """Every registered method's settings, grouped by method (shared fields appear once); with
+    ``only``, that method's alone (``--method NAME --help``). Method ``first`` comes first: a
+    training setting several methods share (``--epoch``) then defaults to that method's value
+    (APRIL-GAN trains 3 epochs, AnomalyCLIP 15)."""
+    methods = registered_methods()
+    if first is not None:
+        chosen = find_method(first)
+        methods = [chosen] + [method for method in methods if method.name != chosen.name]
     for kind in ("config", "training") if training else ("config",):
         owners = _owners(kind)
-        everyone = {method.name for method in registered_methods()}
-        for method in registered_methods():
+        everyone = {method.name for method in methods}
+        for method in methods:
             cls = method.config_class if kind == "config" else method.training_config_class
-            if cls is None:
+            if cls is None or (only is not None and method.name != only):
                 continue
             flags = dataclass_flags(cls, method.name, none_defaults=kind == "config")
             for flag in flags:
@@ -70,6 +80,10 @@ def add_method_flags(command: CommandParser, training: bool = False) -> None:
                 if set(users) != everyone:
                     flag.kwargs["help"] = f"{flag.kwargs['help'].rstrip()} [{', '.join(users)}]"
             command.add_flags(flags, _method_title(method))
+
+
+METHOD_HELP = ("Flags of every method are listed, each group under its method's name; '{prog} --method NAME "
+               "--help' lists only NAME's (methods: {names}).")
 
 
 def _field_names(method: Method, training: bool) -> set:
@@ -94,12 +108,23 @@ def check_method_flags(namespace: Namespace, method: Method, training: bool = Fa
                 raise UsageError(f"--{dest} is a setting of {', '.join(users)}, not of {method.name}")
 
 
+TINY_CONFLICTS = ("weights_path", "pretrained", "model_name", "cache_dir")
+
+
 def backbone_config(namespace: Namespace, base: BackboneConfig) -> BackboneConfig:
     """``base`` (the method's defaults or a checkpoint's) updated by the backbone flags given;
-    ``--random_init`` with ``--weights_path`` is a :class:`UsageError` (which one was meant?)."""
+    ``--tiny`` first puts ``base`` on the tiny random backbone (other flags, e.g. ``--image_size``,
+    still apply; flags naming weights or another model are a conflict); ``--random_init`` with
+    ``--weights_path`` is a :class:`UsageError` (which one was meant?)."""
     if namespace.get("weights_path") and namespace.get("random_init"):
         raise UsageError(f"--random_init and --weights_path {namespace.weights_path} contradict each other: give "
                          "--weights_path for trained CLIP weights, or --random_init alone for an untrained backbone")
+    if namespace.get("tiny"):
+        given = [name for name in TINY_CONFLICTS if namespace.get(name) is not None]
+        if given:
+            raise UsageError(f"--tiny builds the tiny random backbone, which --{given[0]} contradicts: drop one of "
+                             "them")
+        base = base.tiny()
     values = {item.name: namespace.get(item.name) for item in fields(BackboneConfig)
               if item.metadata.get("flag", True) and item.name not in ("weights_path", "random_init")}
     config = base.with_updates(**values)
@@ -150,6 +175,20 @@ def plain_settings(namespace: Namespace) -> Dict[str, Any]:
             if k != "config" and isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Writes log lines through ``tqdm.write``: a line logged while a progress bar is drawn goes
+    above the bar, which is redrawn below it, instead of running into it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging reports its own failures
+            self.handleError(record)
+
+
 def _quiet_open_clip(record: logging.LogRecord) -> bool:
     """open_clip logs model-building chatter at INFO on the root logger; keep only its warnings."""
     return record.levelno >= logging.WARNING or "open_clip" not in record.pathname
@@ -164,7 +203,7 @@ def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.t
     """
     from ..engine.distributed import get_rank, is_distributed, is_main_process
 
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    handlers: List[logging.Handler] = [ConsoleHandler(sys.stdout)]
     main = is_main_process()
     if save_path is not None and main:
         Path(save_path).mkdir(parents=True, exist_ok=True)

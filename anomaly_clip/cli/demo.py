@@ -1,23 +1,21 @@
 """The main job in one command: synthetic data -> train on some classes -> zero-shot on the rest.
 
 Uses real CLIP weights when they can be had (``--weights`` file, or the open_clip cache, or a
-download with ``--download``); otherwise it says so plainly and runs a tiny random backbone,
-whose numbers only show that the pipeline works end to end.
+download with ``--download``); otherwise, or with ``--tiny``, it runs the tiny random backbone
+(saying why), whose numbers only show that the pipeline works end to end.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .common import setup_logging
-from .options import CommandParser, dataclass_flags
-from .settings import DemoSettings
+from .options import CommandParser, UsageError, dataclass_flags
+from .settings import DemoSettings, TinySettings
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "anomaly-clip-tiny"
 # the demo's own ways of providing weights, for the advice when none are found
 DEMO_OPTIONS = {"weights_path": "--weights FILE", "download": "--download"}
 
@@ -26,29 +24,30 @@ def build_demo_parser() -> CommandParser:
     """The parser of ``demo`` (:class:`~anomaly_clip.cli.settings.DemoSettings`)."""
     command = CommandParser("anomaly-clip demo", __doc__.split("\n\n")[0], "demo")
     command.add_flags(dataclass_flags(DemoSettings, "demo"), "demo")
+    command.add_flags(dataclass_flags(TinySettings, "demo"), "demo")
     return command
 
 
 def _demo_backbone(args):
     """Real CLIP from ``--weights`` (which must load), or from the cache (downloaded only with
-    ``--download``); else the tiny random backbone, saying why and how to get real weights."""
+    ``--download``); else, or with ``--tiny``, the tiny random backbone (saying why, and how to
+    get real weights, when it was not asked for)."""
     from ..clip.backbone import BackboneConfig, load_backbone
     from ..clip.weights import WeightsNotFoundError
 
+    if args.tiny and args.weights:
+        raise UsageError("--tiny builds the tiny random backbone, which --weights contradicts: drop one of them")
     real = BackboneConfig(weights_path=args.weights, download=args.download,
                           image_size=args.image_size or BackboneConfig().image_size)
-    if args.weights:
-        return load_backbone(real, args.device), True
-    try:
-        return load_backbone(real, args.device), True
-    except WeightsNotFoundError as error:
-        reason = error.describe(DEMO_OPTIONS)
-    tiny = replace(BackboneConfig(), model_name=TINY_MODEL, pretrained=None, random_init=True,
-                   image_size=args.image_size or DemoSettings().tiny_image_size)
-    logger.warning("=" * 72)
-    logger.warning("No CLIP weights, so this demo runs a TINY RANDOM backbone: the pipeline is real, the "
-                   "numbers are MEANINGLESS. %s", reason)
-    logger.warning("=" * 72)
+    if not args.tiny:
+        if args.weights:
+            return load_backbone(real, args.device), True
+        try:
+            return load_backbone(real, args.device), True
+        except WeightsNotFoundError as error:
+            logger.warning("No CLIP weights, so this demo runs the tiny random backbone. %s",
+                           error.describe(DEMO_OPTIONS))
+    tiny = BackboneConfig().tiny().with_updates(image_size=args.image_size)
     return load_backbone(tiny, args.device), False
 
 

@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # how the command line spells each way of providing CLIP weights (advice of a WeightsError)
 CLI_OPTIONS = {"weights_path": "--weights FILE", "cache_dir": "--cache-dir DIR", "download": "--download",
-               "model_name": "--model NAME"}
+               "model_name": "--model NAME", "tiny": "--tiny"}
 # what the library raises for bad input: missing/unreadable files, bad values, a loss gone non-finite,
 # a package of an optional extra not installed
 USER_ERRORS = (OSError, ValueError, FloatingPointError, MissingExtraError)

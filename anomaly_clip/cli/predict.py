@@ -53,8 +53,10 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
                                       sidecar_path)
     from ..engine.distributed import gather_in_order, init_distributed, is_main_process, shard_items
     from ..engine.inference import expand_inputs, predict_files
-    from ..engine.outputs import PredictionFiles, common_root, write_predictions_csv
+    from ..engine.outputs import (OutputWriter, PredictionFiles, common_root, format_size, random_weights_mark,
+                                  write_predictions_csv, writer_threads)
     from ..engine.references import predict_with_references
+    from ..engine.visualization import ColourScale
     from ..files import atomic_path
 
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
@@ -77,44 +79,58 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         bank = reference_bank(args, detector, None, args.class_name)
         references = references_record(bank.sources, args.reference_weight) if bank is not None else None
         calibration = check_inference_settings(detector, calibration,
-                                               args.calibration or str(sidecar_path(args.checkpoint_path)),
+                                               args.calibration or (str(sidecar_path(args.checkpoint_path)) if args.checkpoint_path else None),
                                                class_name, references, required=args.calibration is not None)
     calibration = calibration or Calibration(method=detector.method_name)
     calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
     paths = expand_inputs(args.input)
     logger.info("Scoring %d images with %s (image threshold %s, pixel threshold %s)", len(paths),
                 detector.method_name, calibration.image_threshold, calibration.pixel_threshold)
-    files = PredictionFiles(args.save_path, common_root(paths), save_maps=args.save_maps, overlays=args.overlays,
-                            image_threshold=calibration.image_threshold, pixel_threshold=calibration.pixel_threshold,
-                            value_range=calibration.map_range)
-    writes_files = args.save_maps is not None or args.overlays
+    random_init = detector.random_init if onnx else detector.backbone.config.random_init
+    scale = ColourScale(calibration.map_range, "--map_range" if args.map_range else "calibration")
     scorer = None
     if bank is not None:
         logger.info("Fusing with normal references of %s (weight %g)", ", ".join(bank.class_names),
                     args.reference_weight)
         scorer = partial(predict_with_references, detector, bank=bank, weight=args.reference_weight)
     mine = shard_items(paths, block=args.batch_size)
-    rows = predict_files(detector, mine, class_names=[class_name] * len(mine), batch_size=args.batch_size,
-                         num_workers=args.num_workers, precision=args.get("precision", "fp32"),
-                         calibration=calibration, sink=files if writes_files else None,
-                         keep_originals=files.needs_originals, scorer=scorer)
-    rows = gather_in_order(rows, dst=None)
+    with OutputWriter(writer_threads(detector.device)) as writer:
+        files = PredictionFiles(args.save_path, common_root(paths), writer, save_maps=args.save_maps,
+                                overlays=args.overlays, image_threshold=calibration.image_threshold,
+                                pixel_threshold=calibration.pixel_threshold, scale=scale, map_dtype=args.map_dtype,
+                                overlay_format=args.overlay_format, random_weights=random_init)
+        rows = predict_files(detector, mine, class_names=[class_name] * len(mine), batch_size=args.batch_size,
+                             num_workers=args.num_workers, precision=args.get("precision", "fp32"),
+                             calibration=calibration, sink=files if files.writes_files else None,
+                             keep_originals=files.needs_originals, scorer=scorer)
+        rows = gather_in_order(rows, dst=None)
+        written = writer.close()
     if not is_main_process():
+        written.raise_for_failures()
         return rows
-    table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv")
-    source = {"model": str(args.model)} if onnx else {"checkpoint": str(args.checkpoint_path)}
+    table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv", warning=random_weights_mark(random_init))
+    source = {"model": str(args.model)} if onnx else {
+        "checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None}
     settings = {"backend": backend, **source, "method": detector.method_name, "inputs": list(args.input),
                 "class_name": class_name, "calibration": calibration.to_dict(),
-                "overlay_colour_range": list(files.value_range) if files.value_range else None,
-                "random_init": detector.random_init if onnx else detector.backbone.config.random_init,
-                "references": ({"source": str(args.reference_images), **references} if references else None)}
-    with atomic_path(Path(args.save_path) / "predict_settings.json") as temporary:
+                "overlay_colour_range": list(scale.value_range) if scale.value_range else None,
+                "overlay_colour_range_source": scale.source if scale.value_range else None,
+                "random_init": random_init,
+                "references": ({"source": str(args.reference_images), **references} if references else None),
+                "output_failures": [f"{path}: {reason}" for path, reason in written.failures]}
+    settings_file = Path(args.save_path) / "predict_settings.json"
+    with atomic_path(settings_file) as temporary:
         temporary.write_text(json.dumps(settings, indent=2) + "\n")
     scored = [row for row in rows if not row.error]
     anomalous = sum(1 for row in scored if row.label == 1)
     logger.info("Wrote %s: %d images scored%s, %d unreadable or not scored", table, len(scored),
                 f", {anomalous} anomalous" if calibration.image_threshold is not None else " (no threshold: no labels)",
                 len(rows) - len(scored))
+    size = table.stat().st_size + settings_file.stat().st_size + written.bytes
+    kinds = [name for name, wanted in (("maps", args.save_maps), ("overlays", args.overlays)) if wanted]
+    logger.info("Output: %s in %s%s", format_size(size), args.save_path,
+                f" ({', '.join(kinds)}: {written.describe()})" if kinds else "")
     if not scored:
         raise ValueError(f"no image was scored: all {len(rows)} failed (the error column of {table} says why)")
+    written.raise_for_failures()
     return rows

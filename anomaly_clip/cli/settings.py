@@ -8,11 +8,20 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..engine.config import DIST_TIMEOUT_S, MAP_FORMATS, METRIC_LEVELS, PRECISIONS
+from ..engine.config import DIST_TIMEOUT_S, MAP_DTYPES, MAP_FORMATS, METRIC_LEVELS, OVERLAY_FORMATS, PRECISIONS
 from ..settings import setting
 
 SYNTHETIC_FORMATS = ("meta", "jsonl", "both")
+SUMMARY_LAYOUTS = ("runs", "methods")
 PREDICT_BACKENDS = ("torch", "onnxruntime")
+
+
+def _environment_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def _environment_list(name: str) -> Optional[Tuple[str, ...]]:
+    return tuple(os.environ.get(name, "").replace(",", " ").split()) or None
 
 
 @dataclass
@@ -25,6 +34,16 @@ class RunSettings:
     dist_timeout: float = setting(DIST_TIMEOUT_S, "under torchrun: seconds a process waits for the others at a "
                                                   "synchronisation point before the run stops with an error (a "
                                                   "stopped or hung process)", metavar="SECONDS")
+
+
+@dataclass
+class TinySettings:
+    """Trying the pipeline without CLIP weights (:meth:`~anomaly_clip.clip.config.BackboneConfig.tiny`)."""
+
+    tiny: bool = setting(False, "the tiny random backbone (anomaly-clip-tiny, random weights, 112 px): try any "
+                                "command on your own images without CLIP weights, in seconds on a CPU; its numbers "
+                                "are MEANINGLESS. Checkpoints trained with it carry it, so test/predict/calibrate "
+                                "need no flag (README: 'Try it without weights')")
 
 
 @dataclass
@@ -60,7 +79,10 @@ class EvaluationSettings:
     batch_size: int = setting(8, "evaluation batch size")
     save_predictions: Optional[str] = setting(None, "write one .npz per class (paths, labels, scores, maps)",
                                               metavar="DIR")
-    visualize: bool = setting(False, "write image | mask | map overlays as PNG under SAVE_PATH/heatmaps")
+    visualize: bool = setting(False, "write one panel per image under SAVE_PATH/heatmaps/<class>: image | map with "
+                                     "colour bar | ground truth outlined (the design of predict's overlays)")
+    overlay_format: str = setting("jpg", "file format of the --visualize panels (png: lossless, larger)",
+                                  choices=OVERLAY_FORMATS)
 
 
 @dataclass
@@ -86,7 +108,7 @@ class ModelSettings:
     """The trained model a command reads (``test``, ``predict``, ``calibrate``)."""
 
     checkpoint_path: str = setting(None, "our checkpoint, or an official one (AnomalyCLIP epoch_15.pth; AA-CLIP "
-                                         "folder)")
+                                         "folder); a training-free --method (clip, clip_ac, winclip) needs none")
     method: Optional[str] = setting(None, "method of the checkpoint (detected from the file when omitted)")
 
 
@@ -110,11 +132,14 @@ class PredictSettings:
     pixel_threshold: Optional[float] = setting(None, "predicted mask: map >= this (overrides the stored calibration)")
     calibration: Optional[str] = setting(None, "calibration JSON to use instead of <checkpoint>.calibration.json",
                                          metavar="FILE")
-    save_maps: Optional[str] = setting(None, "write each anomaly map at the image's original resolution (float32 "
-                                             ".npz or 16-bit PNG with its value range in the PNG text)",
+    save_maps: Optional[str] = setting(None, "write each anomaly map at the image's original resolution (compressed "
+                                             ".npz, or 16-bit PNG with its value range in the PNG text)",
                                        choices=MAP_FORMATS)
-    overlays: bool = setting(False, "write image | heatmap overlay | predicted-mask outline panels with score and "
-                                    "decision")
+    map_dtype: str = setting("float32", "value type of the npz maps (float16: half the size, about 3 significant "
+                                        "digits)", choices=MAP_DTYPES)
+    overlays: bool = setting(False, "write image | heatmap with colour bar | predicted-mask outline panels with score "
+                                    "and decision")
+    overlay_format: str = setting("jpg", "file format of the overlays (png: lossless, larger)", choices=OVERLAY_FORMATS)
     map_range: Optional[Tuple[float, float]] = setting(None, "colour scale of the overlays (default: the "
                                                              "calibration's map range)", metavar="LOW HIGH")
     backend: str = setting("torch", "torch: a checkpoint (--checkpoint_path); onnxruntime: an ONNX file written by "
@@ -145,7 +170,6 @@ class DemoSettings:
     epochs: int = setting(3, "training epochs")
     batch_size: int = setting(8, "batch size")
     image_size: Optional[int] = setting(None, "input size (default 518 with real weights, 112 with the tiny backbone)")
-    tiny_image_size: int = setting(112, flag=False)
     train_classes: int = setting(3, "synthetic classes used for training")
     seed: int = setting(111, "random seed")
     device: str = setting("auto", "cuda, cpu, or auto")
@@ -164,6 +188,12 @@ class SummarizeSettings:
     published: Optional[Tuple[str, ...]] = setting(None, "published-table YAML file(s) (default: "
                                                          "configs/published/<method>.yaml)", metavar="FILE")
     output: Optional[str] = setting(None, "also write the table (markdown) to this file", metavar="FILE")
+    layout: str = setting("runs", "runs: one row per run and metric (ours | published | delta); methods: the "
+                                  "papers' layout, rows = datasets (and metrics), columns = methods, each cell "
+                                  "'ours (published)'", choices=SUMMARY_LAYOUTS)
+    per_class: bool = setting(False, "methods layout: also one row per class (the papers' per-class tables)")
+    csv: Optional[str] = setting(None, "methods layout: also write the cells as CSV (one row per dataset, class, "
+                                       "metric and method) to this file", metavar="FILE")
 
 
 @dataclass
@@ -172,6 +202,10 @@ class ProtocolSettings:
 
     method: str = setting(default_factory=lambda: os.environ.get("METHOD") or "anomalyclip",
                           help="method (env METHOD)")
+    methods: Optional[Tuple[str, ...]] = setting(default_factory=lambda: _environment_list("METHODS"),
+                                                 help="several methods, run one after the other and compared in "
+                                                      "one table (env METHODS, e.g. \"clip winclip vand\"); "
+                                                      "overrides --method", metavar="METHOD")
     protocol: str = setting(default_factory=lambda: os.environ.get("PROTOCOL") or "zero_shot",
                             help="zero_shot, tn3k, or a protocol file (env PROTOCOL)")
     shot: int = setting(default_factory=lambda: int(os.environ.get("SHOT") or 0),
@@ -180,6 +214,8 @@ class ProtocolSettings:
                                                  help="published table of the final comparison (default: the "
                                                       "config's; env REFERENCE)", aliases=("reference",))
     extra: str = setting("", "extra flags for train / test, one string (TRAIN_ARGS / TEST_ARGS)", aliases=("args",))
+    per_class: bool = setting(default_factory=lambda: _environment_flag("PER_CLASS"),
+                              help="the final table also has one row per class (env PER_CLASS=1)")
 
 
 @dataclass

@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
                      method_config_values, method_names, plain_settings, setup_logging)
-from .options import CommandParser, config_source, dataclass_flags, read_config_file, write_resolved_config
+from .options import CommandParser, UsageError, config_source, dataclass_flags, read_config_file, write_resolved_config
 from .settings import DataSettings, EvaluationSettings, ModelSettings, ReferenceSettings
 
 logger = logging.getLogger(__name__)
 
 
 def add_model_flags(command: CommandParser) -> None:
-    """``--checkpoint_path`` (required) and ``--method`` (checked against the file)."""
-    command.add_argument("--checkpoint_path", title="model", required=True, default=None,
+    """``--checkpoint_path`` (required unless ``--method`` is training-free) and ``--method``
+    (checked against the file)."""
+    command.add_argument("--checkpoint_path", title="model", default=None,
                          help=ModelSettings.__dataclass_fields__["checkpoint_path"].metadata["help"])
     command.add_argument("--method", title="model", default=None, choices=method_names(),
                          help=ModelSettings.__dataclass_fields__["method"].metadata["help"])
@@ -45,14 +47,41 @@ def build_test_parser() -> CommandParser:
                                (ReferenceSettings, "few-shot normal references")], data_path=True)
 
 
+def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
+    """A detector of the training-free ``--method`` (no ``--checkpoint_path``): the method's
+    defaults with its backbone and method flags applied; a trained method, or no method at all,
+    is a :class:`UsageError` saying what to give."""
+    from .. import api
+    from ..engine.calibration import attach_calibration
+    from ..engine.registry import find_method, registered_methods
+
+    free = ", ".join(m.name for m in registered_methods() if m.training_free)
+    if not args.method:
+        raise UsageError(f"--checkpoint_path is required (training-free methods need only --method: {free})")
+    method = find_method(args.method)
+    if not method.training_free:
+        raise UsageError(f"--checkpoint_path is required: {method.name} has learnt parts (training-free methods: "
+                         f"{free})")
+    check_method_flags(args, method)
+    backbone = api.load_backbone(backbone_config(args, method.detector_class.default_backbone_config()),
+                                 device=args.device)
+    detector = api.create_detector(method.name, backbone=backbone,
+                                   config=method_config_values(args, method, data_path=data_path))
+    if calibration is not None:
+        attach_calibration(detector, calibration)
+    return detector
+
+
 def load_model(args, method_name: Optional[str] = None, calibration: Optional[str] = None,
                data_path: Optional[str] = None, checkpoint=None):
-    """The checkpoint of ``--checkpoint_path`` (read once; ``checkpoint``: its
-    :class:`~anomaly_clip.engine.checkpoint.CheckpointFile` when already read) with the method and
-    backbone flags applied."""
+    """The checkpoint of ``--checkpoint_path`` (read once: pass the ``CheckpointFile`` when the
+    caller has read it) with the method and backbone flags applied; without a checkpoint, the
+    training-free ``--method`` (:func:`training_free_model`)."""
     from ..engine.checkpoint import identify_checkpoint, load
     from ..engine.registry import find_method
 
+    if checkpoint is None and not args.get("checkpoint_path"):
+        return training_free_model(args, calibration, data_path)
     checkpoint = checkpoint or identify_checkpoint(args.checkpoint_path)
     method = find_method(checkpoint.method)
     if args.method and find_method(args.method).name != method.name:
@@ -65,6 +94,7 @@ def load_model(args, method_name: Optional[str] = None, calibration: Optional[st
 
 def reference_bank(args, detector, data_path: Optional[str], class_name: Optional[str]):
     """The memory bank of ``--reference_images`` (built once, or loaded), None without it."""
+    from ..data.formats import MetadataError
     from ..engine.references import memory_bank
 
     source = args.get("reference_images")
@@ -77,15 +107,60 @@ def reference_bank(args, detector, data_path: Optional[str], class_name: Optiona
         raise ValueError(f"--reference_weight must lie in [0, 1], got {args.reference_weight}")
     defaults = ReferenceSettings()
     split, seed = args.get("reference_split"), args.get("reference_seed")
-    bank = memory_bank(detector, source, data_path=data_path, class_name=class_name,
-                       split=defaults.reference_split if split is None else split,
-                       seed=defaults.reference_seed if seed is None else seed,
-                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+    split = defaults.reference_split if split is None else split
+    try:
+        bank = memory_bank(detector, source, data_path=data_path, class_name=class_name, split=split,
+                           seed=defaults.reference_seed if seed is None else seed, batch_size=args.batch_size,
+                           num_workers=args.num_workers, precision=args.precision)
+    except MetadataError as error:
+        if not str(source).isdigit():
+            raise
+        raise MetadataError(
+            f"--reference_images {source} takes {source} normal images per class from the {split!r} split of "
+            f"{data_path}, but {error}. Name another split with --reference_split (e.g. --reference_split test: "
+            f"the references are then left out of the evaluated images), or give a folder of normal images: "
+            f"--reference_images DIR (one sub-folder per class, or --reference_class NAME)") from error
     from ..engine.distributed import is_main_process
 
     if args.save_reference_bank and is_main_process():
         bank.save(args.save_reference_bank)
     return bank
+
+
+def without_references(samples: list, root: str, bank) -> list:
+    """``samples`` less the images the memory ``bank`` was built from, with a warning naming how
+    many: a reference matches itself exactly, so its map would be ~0 and its score meaningless."""
+    used = {str(Path(path).resolve()) for paths in bank.sources.values() for path in paths}
+    kept = [sample for sample in samples if str((Path(root) / sample.image_path).resolve()) not in used]
+    if len(kept) < len(samples):
+        logger.warning("%d of the evaluated images are normal references of the memory bank (%s): they are left "
+                       "out of the evaluation, which covers the other %d images", len(samples) - len(kept),
+                       ", ".join(f"{len(paths)} of {name}" for name, paths in bank.sources.items()), len(kept))
+    if not kept:
+        raise ValueError("every evaluated image is a normal reference: nothing is left to evaluate")
+    return kept
+
+
+def same_folder(first: str, second: str) -> bool:
+    """Whether two paths name the same existing folder."""
+    try:
+        return Path(first).resolve() == Path(second).resolve() or os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def warn_if_trained_on(checkpoint, data_path: str, split: str, metadata: Optional[str]) -> None:
+    """Warn when the data evaluated is the data the checkpoint was trained on (as its run
+    settings record: dataset root, split, metadata file): its numbers then measure fitting, not
+    the zero-shot transfer the protocols report."""
+    settings = checkpoint.payload.get("run_settings") or {} if checkpoint.own else {}
+    trained = settings.get("train_data_path")
+    if not trained or not same_folder(str(trained), data_path):
+        return
+    if settings.get("split", "test") == split and settings.get("metadata") == metadata:
+        logger.warning("%s was trained on the very images evaluated here (%s, split %r): these numbers measure "
+                       "fitting, not zero-shot transfer; evaluate on another dataset or split (--split)",
+                       checkpoint.path, data_path, split)
 
 
 def test_main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -94,26 +169,49 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     args = command.parse(list(sys.argv[1:] if argv is None else argv))
     from ..data.dataset import AnomalyDataset
     from ..data.formats import load_samples
+    from ..engine.checkpoint import identify_checkpoint
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.evaluation import evaluate
+    from ..engine.outputs import OutputWriter, writer_threads
 
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
         write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))
-    detector = load_model(args, data_path=args.data_path)
+    checkpoint = identify_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
+    detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
+    if checkpoint is not None:
+        warn_if_trained_on(checkpoint, args.data_path, args.split, args.metadata)
     samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
+    bank = reference_bank(args, detector, args.data_path, args.reference_class)
+    if bank is not None:
+        samples = without_references(samples, args.data_path, bank)
     dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
                              mask_interpolation=detector.mask_interpolation)
-    bank = reference_bank(args, detector, args.data_path, args.reference_class)
-    report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                      metrics=args.metrics, aupro=args.aupro, precision=args.precision,
-                      save_predictions=args.save_predictions,
-                      visualize=Path(args.save_path) / "heatmaps" if args.visualize else None,
-                      references=bank, reference_weight=args.reference_weight)
+    with OutputWriter(writer_threads(detector.device)) as writer:
+        report = evaluate(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                          metrics=args.metrics, aupro=args.aupro, precision=args.precision,
+                          save_predictions=args.save_predictions,
+                          visualize=Path(args.save_path) / "heatmaps" if args.visualize else None,
+                          references=bank, reference_weight=args.reference_weight, writer=writer,
+                          overlay_format=args.overlay_format)
+        settings = evaluation_settings(args, detector, bank)
+        logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
+        if is_main_process():
+            report.save(args.save_path, settings)
+        written = writer.close()
+    if written.files or written.failures:
+        logger.info("Predictions and panels: %s", written.describe())
+    written.raise_for_failures()
+    return {"report": report, "settings": settings}
+
+
+def evaluation_settings(args, detector, bank) -> dict:
+    """What ``results.json`` records of a test run: model, data, metrics, references, config file."""
     settings = {
         "method": detector.method_name, "dataset": args.dataset or Path(args.data_path).name,
-        "checkpoint": str(args.checkpoint_path), "method_config": detector.config.to_dict(),
+        "checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
+        "method_config": detector.config.to_dict(),
         "backbone_config": detector.backbone.config.to_dict(), "metrics": args.metrics, "aupro": args.aupro,
     }
     if bank is not None:
@@ -126,7 +224,4 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
         published = content.get("published") or content.get("reference")
         if published:
             settings["published_reference"] = published
-    logger.info("Results on %s:\n%s", settings["dataset"], report.to_markdown())
-    if is_main_process():
-        report.save(args.save_path, settings)
-    return {"report": report, "settings": settings}
+    return settings

@@ -19,7 +19,8 @@ from torch import nn
 
 from .blocks import run_block
 from ..devices import resolve_device
-from .config import ACTIVATIONS, POS_EMBED_INTERPOLATIONS, BackboneConfig  # noqa: F401 - re-exported
+from .config import (ACTIVATIONS, POS_EMBED_INTERPOLATIONS, RANDOM_WEIGHTS_WARNING,  # noqa: F401 - re-exported
+                     BackboneConfig)
 from .weights import InvalidWeightsError, WeightsError, WeightsNotFoundError, load_weights, locate_weights  # noqa: F401,E501
 
 logger = logging.getLogger(__name__)
@@ -29,23 +30,36 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 BlockHook = Callable[[int, torch.Tensor], torch.Tensor]
 
-# heads every table computed with an untrained backbone
-RANDOM_WEIGHTS_WARNING = "random (untrained) CLIP weights: these numbers are meaningless"
+
+class _NoPretrainedNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded" warning: we build every model without
+    open_clip's weights and load ours ourselves (:func:`build_clip_model` says when they are random)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
 
 
 def build_clip_model(config: BackboneConfig) -> nn.Module:
-    """Build the open_clip model of ``config`` and load its weights (never silently random)."""
+    """Build the open_clip model of ``config`` and load its weights (never silently random: a
+    random backbone is announced by one loud warning)."""
     if config.model_name not in open_clip.list_models():
         raise ValueError(f"Unknown open_clip model {config.model_name!r}; known: {open_clip.list_models()}")
     weights_file = locate_weights(config)
-    with torch.random.fork_rng(devices=[]):
-        # seeded so that a random backbone, and any checkpoint trained on it, can be rebuilt exactly
-        torch.manual_seed(config.random_seed)
-        model = open_clip.create_model(config.model_name, pretrained=None,
-                                       force_quick_gelu=config.activation == "quick_gelu")
+    notice = _NoPretrainedNotice()
+    logging.getLogger().addFilter(notice)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            # seeded so that a random backbone, and any checkpoint trained on it, can be rebuilt exactly
+            torch.manual_seed(config.random_seed)
+            model = open_clip.create_model(config.model_name, pretrained=None,
+                                           force_quick_gelu=config.activation == "quick_gelu")
+    finally:
+        logging.getLogger().removeFilter(notice)
     if weights_file is None:
-        logger.warning("Built %s with RANDOM weights: outputs are meaningless for anomaly detection.",
-                       config.model_name)
+        kind = "the TINY RANDOM backbone" if config.is_tiny else f"{config.model_name} with RANDOM weights"
+        logger.warning("%s\n%s", "=" * 72, f"Running {kind} ({config.image_size} px): the pipeline is real, but "
+                       f"every score, map and metric is MEANINGLESS. Load CLIP weights for real results.\n"
+                       + "=" * 72)
         return model
     ignored = load_weights(model, weights_file)
     logger.info("Loaded %s weights from %s (%s activation)%s", config.model_name, weights_file,

@@ -13,6 +13,17 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 # "bicubic_antialias". Checkpoints record the rule they were trained with.
 POS_EMBED_INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_antialias")
 
+# heads every table, and marks every output file, computed with an untrained backbone
+RANDOM_WEIGHTS_WARNING = "random (untrained) CLIP weights: these numbers are meaningless"
+
+# The tiny backbone: a small ViT (``model_configs/anomaly-clip-tiny.json``: 24 image blocks of
+# width 48, 12 text blocks of width 32, patch 14) with random weights, at 112 px. It needs no
+# download and trains and predicts in seconds on a CPU, so every command can be tried on one's own
+# images without CLIP weights; its numbers are meaningless. ``--tiny`` on the command line.
+TINY_MODEL_NAME = "anomaly-clip-tiny"
+TINY_BACKBONE = {"model_name": TINY_MODEL_NAME, "pretrained": None, "weights_path": None, "random_init": True,
+                 "image_size": 112}
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -67,3 +78,13 @@ class BackboneConfig:
 
     def with_updates(self, **changes) -> "BackboneConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def tiny(self) -> "BackboneConfig":
+        """This config on the tiny random backbone (:data:`TINY_BACKBONE`: ``anomaly-clip-tiny``,
+        random weights, 112 px); the method's activation and position-embedding resize are kept.
+        For trying the pipeline without CLIP weights: its numbers are meaningless."""
+        return replace(self, **TINY_BACKBONE)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model_name == TINY_MODEL_NAME

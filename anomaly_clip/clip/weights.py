@@ -33,14 +33,18 @@ OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 PROBE_TIMEOUT_S = 1.5
 # How each way of providing weights is spelled by a Python caller (the command line has its own table).
 API_OPTIONS = {"weights_path": "weights_path=FILE", "cache_dir": "cache_dir=DIR", "download": "download=True",
-               "model_name": "model_name=NAME"}
+               "model_name": "model_name=NAME", "tiny": "BackboneConfig().tiny()"}
 REMEDIES = {
     "weights_path": "pass a local file with {} (an OpenAI CLIP file such as ViT-L-14-336px.pt, or an open_clip "
                     "checkpoint)",
     "cache_dir": "point {} at a cache that holds them",
     "download": "download them with {} (needs network access)",
     "model_name": "name the architecture the file was saved from with {} (ViT-L-14-336 for ViT-L-14-336px.pt)",
+    "tiny": "to try the pipeline without weights, use the tiny random backbone with {} (its numbers are "
+            "meaningless; README: 'Try it without weights')",
 }
+# what every "weights not found" error advises (a caller's table without an entry leaves it out)
+NOT_FOUND_REMEDIES = ("weights_path", "cache_dir", "download", "tiny")
 
 
 class WeightsError(Exception):
@@ -194,14 +198,14 @@ def resolve_pretrained_file(model_name: str, tag: str, cache_dir: Optional[str] 
     if not pretrained_cfg:
         known = open_clip.list_pretrained_tags_by_model(model_name)
         raise WeightsNotFoundError(f"pretrained tag {tag!r} of {model_name}",
-                                   f"open_clip knows no such tag; known tags: {known}")
+                                   f"open_clip knows no such tag; known tags: {known}", ("weights_path", "tiny"))
     cached = _cached_pretrained_file(pretrained_cfg, cache_dir)
     if cached:
         return cached
     source, url = _download_source(pretrained_cfg)
     subject = f"pretrained weights {model_name}/{tag} ({source})"
     missing = f"not in the local cache ({_cache_locations(pretrained_cfg, cache_dir)})"
-    remedies = ("weights_path", "cache_dir", "download")
+    remedies = NOT_FOUND_REMEDIES
     if download is None and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
         raise WeightsNotFoundError(subject, f"{missing}, and HF_HUB_OFFLINE is set", remedies)
     if download is None and not can_reach(url):
@@ -215,7 +219,7 @@ def resolve_pretrained_file(model_name: str, tag: str, cache_dir: Optional[str] 
         return open_clip.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
     except Exception as error:  # noqa: BLE001 - every failure gets the same actionable message
         raise WeightsNotFoundError(subject, f"{missing}, and the download failed: {error}",
-                                   ("weights_path", "cache_dir")) from error
+                                   ("weights_path", "cache_dir", "tiny")) from error
 
 
 def load_weights(model: nn.Module, source: str) -> List[str]:
@@ -260,4 +264,4 @@ def locate_weights(config: BackboneConfig) -> Optional[str]:
     raise WeightsNotFoundError(
         f"CLIP weights of {config.model_name}",
         "none requested: give a pretrained tag or a weights file (random_init=True builds an untrained "
-        "backbone, for tests only)")
+        "backbone, for tests only)", ("weights_path", "tiny"))

@@ -24,7 +24,7 @@ _EXPORTS: Dict[str, str] = {
     "read_binary_mask": "imaging",
     "few_shot_subset": "fewshot", "normal_references": "fewshot", "folder_references": "fewshot",
     "PseudoAnomalies": "pseudo_anomaly", "PseudoAnomalyDataset": "pseudo_anomaly",
-    "AAClipAugmentation": "augment",
+    "AAClipAugmentation": "augment", "MosaicDataset": "mosaic",
     "generate_synthetic_dataset": "synthetic", "SYNTHETIC_CLASSES": "synthetic",
 }
 

@@ -256,3 +256,41 @@ class AnomalyDataset(Dataset):
             more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
             raise DatasetValidationError(f"{len(problems)} problem(s) in dataset at {self.root}:\n  {shown}{more}")
         logger.info("Validated %d samples under %s", len(self), self.root)
+
+
+class AnomalyDatasetView(Dataset):
+    """Base of datasets that change the items of a wrapped :class:`AnomalyDataset` (pseudo-anomalies,
+    mosaics) and keep everything else of it: samples, root, classes, masks, length and epoch."""
+
+    def __init__(self, dataset: AnomalyDataset):
+        self.dataset = dataset
+
+    @property
+    def samples(self) -> List[Sample]:
+        return self.dataset.samples
+
+    @property
+    def root(self) -> Path:
+        return self.dataset.root
+
+    @property
+    def class_names(self) -> List[str]:
+        return class_names(self.samples)
+
+    @property
+    def has_masks(self) -> bool:
+        return self.dataset.has_masks
+
+    @property
+    def varies_by_epoch(self) -> bool:
+        return self.dataset.varies_by_epoch
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)

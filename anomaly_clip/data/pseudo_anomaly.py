@@ -26,8 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .augment import sample_seed
-from .dataset import AnomalyDataset
-from .records import ANOMALOUS, Sample, class_names
+from .dataset import AnomalyDataset, AnomalyDatasetView
+from .records import ANOMALOUS
 from .synthetic import DEFECT_TYPES, DONOR_DEFECTS, Scene, add_defect
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,16 @@ class PseudoAnomalies:
         return PseudoAnomalyDataset(dataset, self) if self.probability > 0 else dataset
 
 
-def apply_pseudo_anomalies(dataset: AnomalyDataset, settings: Optional[PseudoAnomalies]) -> Dataset:
-    """The one place every method's training data gets its pseudo-anomalies (None: none)."""
-    return dataset if settings is None else settings.apply(dataset)
+def apply_pseudo_anomalies(dataset: AnomalyDataset, settings: Optional[PseudoAnomalies],
+                           announce: bool = True) -> Dataset:
+    """The one place every method's training data gets its pseudo-anomalies (None: none);
+    ``announce`` logs what is painted (once per run: a second dataset of the same images passes False)."""
+    if settings is None:
+        return dataset
+    painted = settings.apply(dataset)
+    if announce and isinstance(painted, PseudoAnomalyDataset):
+        painted.announce()
+    return painted
 
 
 def require_anomalies(dataset: Dataset, where: Any) -> None:
@@ -97,14 +104,15 @@ def require_anomalies(dataset: Dataset, where: Any) -> None:
                          f"in the README)")
 
 
-class PseudoAnomalyDataset(Dataset):
+class PseudoAnomalyDataset(AnomalyDatasetView):
     """An :class:`~anomaly_clip.data.dataset.AnomalyDataset` whose normal images are painted with
     a defect with probability ``settings.probability``, drawn anew every epoch (see the module
     docstring). Items carry ``pseudo_anomaly`` (bool) besides the usual keys; real anomalous
     images pass through unchanged."""
 
     def __init__(self, dataset: AnomalyDataset, settings: PseudoAnomalies):
-        self.dataset, self.settings = dataset, settings
+        super().__init__(dataset)
+        self.settings = settings
         self.normals_by_class: Dict[str, List[int]] = defaultdict(list)
         for index, sample in enumerate(dataset.samples):
             if not sample.is_anomalous:
@@ -113,17 +121,12 @@ class PseudoAnomalyDataset(Dataset):
             raise ValueError(f"no normal images under {dataset.root} to paint pseudo-anomalies on")
         unmasked = any(sample.is_anomalous for sample in dataset.samples) and not dataset.has_masks
         self.image_level_only = unmasked
+
+    def announce(self) -> None:
+        """Log what is painted, on how many images."""
         logger.info("Pseudo-anomalies: %.0f%% of %d normal images painted each epoch (%s)",
-                    100 * settings.probability, sum(map(len, self.normals_by_class.values())),
-                    ", ".join(settings.kinds))
-
-    @property
-    def samples(self) -> List[Sample]:
-        return self.dataset.samples
-
-    @property
-    def class_names(self) -> List[str]:
-        return class_names(self.samples)
+                    100 * self.settings.probability, sum(map(len, self.normals_by_class.values())),
+                    ", ".join(self.settings.kinds))
 
     @property
     def has_masks(self) -> bool:
@@ -133,16 +136,6 @@ class PseudoAnomalyDataset(Dataset):
     @property
     def varies_by_epoch(self) -> bool:
         return True
-
-    @property
-    def epoch(self) -> int:
-        return self.dataset.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
 
     def painting_rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([_STREAM, sample_seed(self.settings.seed, self.epoch, index)])

@@ -11,7 +11,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from .layouts import (
     CsvTable,
@@ -96,6 +96,30 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 def dataset_names() -> List[str]:
     return list(DATASETS)
+
+
+def published_classes_problem(name: str, class_names: Sequence[str]) -> Optional[str]:
+    """Why data whose classes are ``class_names`` cannot be compared with published numbers of
+    the dataset ``name`` (None when it can, or when the registry lists no classes for it):
+
+    * a class that is not among the dataset's published classes: the data is another dataset
+      (e.g. ``MVTEC_ROOT`` pointing at the synthetic set);
+    * only some of its classes: the mean is over a subset, not the published mean.
+    """
+    try:
+        info = get_dataset_info(name)
+    except UnknownDatasetError:
+        return None
+    if not info.classes or not class_names:
+        return None
+    foreign = sorted(set(class_names) - set(info.classes))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        return f"not {info.title} data (classes {shown}): not comparable"
+    missing = [c for c in info.classes if c not in set(class_names)]
+    if missing:
+        return f"{len(info.classes) - len(missing)} of {len(info.classes)} {info.title} classes: not the published mean"
+    return None
 
 
 def _ordered(metadata: Metadata, expected: Tuple[str, ...]) -> Metadata:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 
 import torch
 
+from ..clip.config import RANDOM_WEIGHTS_WARNING
 from ..data.records import Sample
 from ..files import atomic_path
 from ..metrics import binary_f1_max_threshold
@@ -188,9 +189,11 @@ class Calibration:
         return names[0] if len(names) == 1 else None
 
     def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready content; a calibration of a random-weights backbone is headed by a ``warning``."""
         values = asdict(self)
         values["map_range"] = list(self.map_range) if self.map_range is not None else None
-        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **values}
+        warning = {"warning": RANDOM_WEIGHTS_WARNING} if self.provenance.get("random_init") else {}
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, **warning, **values}
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "Calibration":
@@ -200,6 +203,7 @@ class Calibration:
                              f"{FORMAT_NAME!r})")
         if values.pop("version", 0) > FORMAT_VERSION:
             raise ValueError("calibration written by a newer anomaly_clip")
+        values.pop("warning", None)
         if values.get("map_range") is not None:
             values["map_range"] = tuple(values["map_range"])
         return cls(**values)

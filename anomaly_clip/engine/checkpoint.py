@@ -187,14 +187,19 @@ def load(checkpoint: str | os.PathLike | CheckpointFile, device: Optional[torch.
     return detector
 
 
+def other_method_error(path: str | os.PathLike, stored: str, trained: str) -> ValueError:
+    """The error for an ``--init_checkpoint`` of method ``stored`` given to a run training ``trained``."""
+    return ValueError(f"--init_checkpoint {path} holds a model of {stored}, but this run trains {trained}: give a "
+                      f"checkpoint of {trained} or --method {stored}")
+
+
 def initialise_from_checkpoint(detector: AnomalyDetector, path: str | os.PathLike) -> None:
     """Start training from the learnt weights of a checkpoint of the same method (ours or the
     official format), e.g. to fine-tune a released model on a new dataset's training split.
     The detector keeps its own configuration; the file's weights must fit it."""
     method, payload, own = identify_checkpoint(path)
     if method != detector.method_name:
-        raise ValueError(f"--init_checkpoint {path} holds a model of {method}, but this run trains "
-                         f"{detector.method_name}: give a checkpoint of {detector.method_name} or --method {method}")
+        raise other_method_error(path, method, detector.method_name)
     if own:
         detector.load_trainable_state_dict(payload["state_dict"])
     else:

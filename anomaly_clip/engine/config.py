@@ -12,6 +12,8 @@ CACHE_MODES = ("auto", "off", "device", "host", "disk")
 METRIC_LEVELS = ("image-level", "pixel-level", "image-pixel-level")
 MAP_FORMATS = ("npz", "png16")
 DIST_TIMEOUT_S = 600.0  # seconds a torchrun process waits in a collective for the others
+MAP_DTYPES = ("float32", "float16")
+OVERLAY_FORMATS = ("jpg", "png")
 
 
 @dataclass

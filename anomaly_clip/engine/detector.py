@@ -46,6 +46,9 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
 
     config_class: ClassVar[Type[MethodConfig]] = MethodConfig
     mask_interpolation: ClassVar[str] = "bilinear"
+    associates_references: ClassVar[bool] = False
+    """True: the method owns its few-shot association (:meth:`set_references`: WinCLIP+, APRIL-GAN's
+    memory) instead of the engine's fusion of :mod:`anomaly_clip.engine.references`."""
     calibration: Optional[Any] = None
     """The post-processor (:class:`~anomaly_clip.engine.calibration.Calibration`) found beside a
     loaded checkpoint (thresholds, score statistics); the inferencer uses it, :meth:`forward` never does."""
@@ -133,6 +136,21 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
         """The patch features of :meth:`forward_with_patch_features` alone (normal reference images)."""
         raise TypeError(f"{self.method_name or type(self).__name__} exposes no patch features (needed by "
                         "--reference_images)")
+
+    def reference_features(self, images: torch.Tensor) -> PatchFeatures:
+        """What a memory bank stores of normal reference images (B, 3, S, S): (B, M_k, C_k) features
+        per key. By default the :meth:`patch_features` compared with the test patches; a method
+        with :attr:`associates_references` stores what its own few-shot association reads."""
+        return self.patch_features(images)
+
+    def set_references(self, features: Optional[Mapping[str, Mapping[int, torch.Tensor]]],
+                       weight: float = 0.5) -> None:
+        """Few-shot state of a method that owns its association (:attr:`associates_references`):
+        ``features[class][key]`` (M, C) are the unit :meth:`reference_features` of that class's
+        normal images, stacked; ``weight`` the ``--reference_weight`` of the fusion. From then on
+        :meth:`forward` scores with them; ``None`` returns to zero-shot scoring. It only stores
+        them (constant time: the engine calls it for every batch). Other methods raise ``TypeError``."""
+        raise TypeError(f"{self.method_name or type(self).__name__} has no few-shot association of its own")
 
     def patch_maps(self, grid_maps: torch.Tensor, size: int) -> torch.Tensor:
         """(B, L, h, w) per-layer maps on the patch grid -> (B, size, size) anomaly maps, upsampled,

@@ -161,14 +161,15 @@ def upsample_to_sizes(maps: torch.Tensor, sizes: Sequence[Tuple[int, int]]) -> L
 def iterate_batches(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, num_workers: int = 0,
                     precision: str = "auto", scorer: Optional[BatchScorer] = None,
                     class_name: Optional[str] = None, original_size: bool = False,
-                    patch_features_only: bool = False, progress: bool = False, desc: str = "predict",
+                    reference_features_only: bool = False, progress: bool = False, desc: str = "predict",
                     pin_memory: bool = False) -> Iterator[BatchOutput]:
     """Run ``detector`` over ``dataset`` in order and yield one :class:`BatchOutput` per batch.
 
     ``scorer`` replaces ``detector.forward`` (e.g. a prediction fused with normal references,
     :func:`anomaly_clip.engine.references.predict_with_references`); ``class_name`` replaces the
     dataset's class names; ``original_size`` adds maps at each image's own size (datasets of
-    files know it); ``patch_features_only`` yields the patch features instead of scores and maps.
+    files know it); ``reference_features_only`` yields, instead of scores and maps, the features a
+    memory bank of normal references stores (:meth:`AnomalyDetector.reference_features`).
     Under ``torchrun`` pass this process's shard of the data (the caller knows how it splits).
     """
     detector.eval()
@@ -190,11 +191,11 @@ def iterate_batches(detector: AnomalyDetector, dataset: Dataset, batch_size: int
         if "mask" in batch:
             output.masks = batch["mask"].to(device).reshape(images.shape[0], *images.shape[-2:]) > 0.5
         with autocast(device, precision):
-            if patch_features_only:
-                output.patch_features = detector.patch_features(images)
+            if reference_features_only:
+                output.patch_features = detector.reference_features(images)
             else:
                 prediction = forward(images, None if all(n is None for n in names) else names)
-        if not patch_features_only:
+        if not reference_features_only:
             output.scores, output.maps = prediction.scores.float(), prediction.maps.float()
             output.map_peaks, output.map_floors = output.maps.amax(dim=(-2, -1)), output.maps.amin(dim=(-2, -1))
             if original_size:

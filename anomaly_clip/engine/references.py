@@ -158,7 +158,7 @@ class MemoryBank:
         dataset = AnomalyDataset(samples, root, image_size=detector.image_size, image_level_only=True)
         collected: Dict[int, List[torch.Tensor]] = {}
         for output in iterate_batches(detector, dataset, batch_size=batch_size, num_workers=num_workers,
-                                      precision=precision, patch_features_only=True):
+                                      precision=precision, reference_features_only=True):
             for layer, value in output.patch_features.items():
                 collected.setdefault(layer, []).append(F.normalize(value.float(), dim=-1).cpu())
         stacked = {layer: torch.cat(values) for layer, values in collected.items()}
@@ -261,9 +261,18 @@ class MemoryBank:
 def predict_with_references(detector: AnomalyDetector, images: torch.Tensor, class_names: Optional[Sequence[str]],
                             bank: MemoryBank, weight: float) -> Prediction:
     """The detector's prediction fused with its reference maps (module docstring), from one
-    backbone pass: the rule evaluation uses, for any caller (``predict``, demos)."""
-    prediction, patches = detector.forward_with_patch_features(images, class_names)
+    backbone pass: the rule evaluation uses, for any caller (``predict``, demos).
+
+    A method that owns its few-shot association (``associates_references``: WinCLIP+, APRIL-GAN's
+    memory) is handed the bank's features with ``set_references`` (a constant-time call) and
+    scores with them by its own rule instead; they stay set on the detector afterwards (its
+    class-level score rule reads them).
+    """
     names = bank.resolve_class_names(class_names, images.shape[0])
+    if detector.associates_references:
+        detector.set_references(bank.features, weight)
+        return detector(images, names)
+    prediction, patches = detector.forward_with_patch_features(images, class_names)
     return fuse_with_references(prediction, bank.anomaly_maps(detector, patches, names, images.shape[-1]), weight)
 
 

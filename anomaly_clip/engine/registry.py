@@ -30,7 +30,8 @@ class Method:
     ``detector``: the :class:`~anomaly_clip.engine.detector.AnomalyDetector` subclass;
     ``config``: its :class:`~anomaly_clip.engine.config.MethodConfig` dataclass;
     ``training``: the recipe ``(detector, data, TrainConfig) -> TrainResult`` run by
-    :func:`anomaly_clip.fit` (None: the method does not train); ``training_config``: the dataclass
+    :func:`anomaly_clip.fit` (None: a training-free method, usable with its defaults and no
+    checkpoint); ``training_config``: the dataclass
     of its optimisation settings (``TrainConfig.method``); ``final_stage``: the training stage
     whose checkpoints hold the finished model (``""`` for single-stage methods).
     """
@@ -63,9 +64,15 @@ class Method:
         return resolve(self.training_config) if self.training_config is not None else None
 
     @property
+    def training_free(self) -> bool:
+        """Whether the method has no learnt parts (no training recipe): it evaluates with its
+        defaults, without a checkpoint."""
+        return self.training is None
+
+    @property
     def recipe(self) -> Callable[..., Any]:
         if self.training is None:
-            raise TypeError(f"{self.name} does not train")
+            raise TypeError(f"{self.name} is training-free: it has no training recipe")
         return resolve(self.training)
 
 

@@ -24,6 +24,27 @@ register_method(
     training_config=f"{__name__}.anomalyclip_adapters.config:PromptAdapterTraining",
     description="AnomalyCLIP prompts as the anchors of AA-CLIP's image adapters (beyond both papers)",
     final_stage="image", exportable=True)
+register_method(
+    "clip", detector=f"{__name__}.clip.model:CLIPDetector", config=f"{__name__}.clip.config:CLIPConfig",
+    description="training-free baseline: two class-aware prompts on plain CLIP (AnomalyCLIP appendix A.2)")
+register_method(
+    "clip_ac", detector=f"{__name__}.clip_ac.model:CLIPACDetector", config=f"{__name__}.clip_ac.config:CLIPACConfig",
+    description="training-free baseline: CLIP with the ImageNet template ensemble (AnomalyCLIP appendix A.2)")
+register_method(
+    "winclip", detector=f"{__name__}.winclip.model:WinCLIPDetector",
+    config=f"{__name__}.winclip.config:WinCLIPConfig",
+    description="training-free: prompt ensemble, multi-scale windows, harmonic aggregation; WinCLIP+ with "
+                "--reference_images K (CVPR 2023)")
+register_method(
+    "vand", detector=f"{__name__}.vand.model:VANDDetector", config=f"{__name__}.vand.config:VANDConfig",
+    training=f"{__name__}.vand.training:train", training_config=f"{__name__}.vand.config:VANDTraining",
+    description="APRIL-GAN: linear projections of intermediate patch tokens, focal + Dice, few-shot memory "
+                "(VAND 2023 challenge)")
+register_method(
+    "coop", detector=f"{__name__}.coop.model:CoOpDetector", config=f"{__name__}.coop.config:CoOpConfig",
+    training=f"{__name__}.coop.training:train", training_config=f"{__name__}.anomalyclip.config:AnomalyCLIPTraining",
+    description="learnt context before 'normal/anomalous [cls]', trained and scored as AnomalyCLIP (its "
+                "appendix A.2)")
 
 
 def __getattr__(name: str):
@@ -44,5 +65,10 @@ def list_methods() -> list:
     return list(METHODS)
 
 
+def training_free_methods() -> list:
+    """Registered methods without learnt parts: they evaluate with their defaults, no checkpoint."""
+    return [method.name for method in METHODS.values() if method.training_free]
+
+
 __all__ = ["METHODS", "Method", "create_detector", "get_method", "identify_checkpoint", "list_methods", "load",
-           "register_method"]
+           "register_method", "training_free_methods"]

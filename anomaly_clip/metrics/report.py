@@ -135,11 +135,12 @@ class MetricsReport:
         return paths
 
     def _write_csv(self, path: Path) -> None:
-        """Fractions at full precision; a ``warning`` column carries the caveat on every row."""
+        """Percent, as the tables (each metric header says ``(%)``), at full precision; a
+        ``warning`` column carries the caveat on every row."""
         warning = [self.caveat] if self.caveat else []
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["class", "images", "anomalous_images"] + [label for _, label in self.columns]
+            writer.writerow(["class", "images", "anomalous_images"] + [f"{label} (%)" for _, label in self.columns]
                             + (["warning"] if self.caveat else []))
             for row in self.rows:
                 writer.writerow([row.name, row.num_images, row.num_anomalous_images]
@@ -158,4 +159,4 @@ def _percent(value: Optional[float]) -> str:
 
 
 def _csv_value(value: Optional[float]) -> str:
-    return repr(float(value)) if is_applicable(value) else NOT_APPLICABLE_TEXT
+    return repr(100 * float(value)) if is_applicable(value) else NOT_APPLICABLE_TEXT

@@ -99,6 +99,7 @@ def capture_method(checkout: Path, method: str, data: Path, work: Path) -> tuple
     with (predictions / "predictions.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
             relative = Path(row["path"]).resolve().relative_to(data.resolve()).as_posix()
+            row.pop("warning", None)  # the random-weights mark of newer versions: the same on every row, not a value
             rows.append({**row, "path": relative})
             below_input = Path(row["path"]).resolve().relative_to(Path(inputs[0]).resolve()).as_posix()
             with np.load(predictions / "maps" / (below_input + ".npz")) as stored:

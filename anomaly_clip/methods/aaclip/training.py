@@ -147,7 +147,7 @@ def build_training_datasets(samples: Sequence[Any], root: str, image_size: int, 
         apply_pseudo_anomalies(AnomalyDataset(samples, root, image_size=image_size,
                                               mask_interpolation=mask_interpolation,
                                               augment=AAClipAugmentation(color_jitter=jitter, seed=stage_seed)),
-                               pseudo_anomalies)
+                               pseudo_anomalies, announce=not jitter)
         for jitter, stage_seed in zip((False, True), seeds))
     require_anomalies(text_dataset, root)
     if not text_dataset.has_masks:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import CACHE_MODES, MethodConfig, check_choice, setting
+from ...engine.config import MethodConfig, check_choice, setting
+from ..components.config import FrozenFeatureTraining
 
 REFERENCE_UNUSED_PROJECTION_DIM = 896
 DPAM_ATTENTIONS = ("vv", "qq", "kk")
@@ -38,19 +39,10 @@ class AnomalyCLIPConfig(MethodConfig):
 
 
 @dataclass
-class AnomalyCLIPTraining:
-    """Optimisation settings of the official training script (Adam, betas 0.5/0.999)."""
+class AnomalyCLIPTraining(FrozenFeatureTraining):
+    """Optimisation settings of the official training script (Adam, betas 0.5/0.999, 15 epochs)."""
 
     epoch: int = setting(15, "training epochs", aliases=("epochs",))
-    learning_rate: float = setting(1e-3, "Adam learning rate")
-    batch_size: int = setting(8, "training batch size")
-    feature_cache: str = setting("auto", "reuse frozen image features after the first epoch (auto: device/host/disk "
-                                         "by size; off recomputes every epoch)", choices=CACHE_MODES)
-
-    def __post_init__(self) -> None:
-        check_choice("feature_cache", self.feature_cache, CACHE_MODES)
-        if self.epoch < 1 or self.batch_size < 1:
-            raise ValueError(f"need epoch >= 1 and batch_size >= 1, got {self.epoch}, {self.batch_size}")
 
 
 DEFAULTS = AnomalyCLIPConfig()

@@ -1,0 +1,8 @@
+"""CLIP: training-free baseline of AnomalyCLIP's Tables 1-2 (appendix A.2).
+
+Names load on first use, so the settings (:mod:`.config`) import without torch.
+"""
+from ...lazy import lazy_exports
+
+_EXPORTS = {"CLIPDetector": "model", "CLIPConfig": "config"}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
