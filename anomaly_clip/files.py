@@ -86,6 +86,18 @@ def write_failure(paths: Sequence[PathLike], error: BaseException) -> OSError:
     return failure
 
 
+# how torch.save's RuntimeError says the file system refused a write (it carries no errno)
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "unexpected pos", "file write failed")
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the file system refusing a write: an ``OSError``, or ``torch.save``'s
+    ``RuntimeError`` about its stream writer. Any other error raised while a file is produced (a
+    failed check, a bug) keeps its own type and message."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError)
+                                          and any(marker in str(error) for marker in TORCH_WRITE_FAILURES))
+
+
 @contextmanager
 def atomic_paths(paths: Iterable[PathLike]) -> Iterator[Dict[Path, Path]]:
     """Temporary paths to write instead of ``paths`` (final path -> temporary path).
@@ -93,8 +105,8 @@ def atomic_paths(paths: Iterable[PathLike]) -> Iterator[Dict[Path, Path]]:
     When the block ends without an error, every temporary file is synced and then renamed over its
     final path, in the order given: each file is replaced whole or not at all, the group one file
     after another (a process killed between two renames leaves the later files as they were). A
-    failed write (``OSError``, or the ``RuntimeError`` of ``torch.save``) becomes the
-    :class:`OSError` of :func:`write_failure`.
+    failed write (:func:`is_write_failure`) becomes the :class:`OSError` of :func:`write_failure`;
+    other errors pass through unchanged (nothing is written either way).
     """
     finals = [Path(path) for path in paths]
     temporaries: Dict[Path, Path] = {}
@@ -107,6 +119,8 @@ def atomic_paths(paths: Iterable[PathLike]) -> Iterator[Dict[Path, Path]]:
             for temporary in temporaries.values():
                 _flush_to_disk(temporary)
         except (OSError, RuntimeError) as error:
+            if not is_write_failure(error):
+                raise
             raise write_failure(finals, error) from error
         for final, temporary in temporaries.items():
             os.replace(temporary, final)

@@ -187,3 +187,22 @@ def test_create_detector_scores_a_random_batch(tiny_backbone, method):
     named = detector(images, ["object", "object"])  # the generic class word of an unnamed batch
     torch.testing.assert_close(named.maps, prediction.maps)
     torch.testing.assert_close(named.scores, prediction.scores)
+
+
+@pytest.mark.parametrize("method, word", [("clip", "metal nut"), ("clip_ac", "metal nut"), ("winclip", "metal_nut"),
+                                          ("vand", "metal_nut"), ("coop", "metal nut")])
+def test_class_aware_baselines_name_their_class_text_and_honour_the_default_class(tiny_backbone, method, word):
+    """Their text depends on the class: ``class_text`` is the word their prompts write (so a
+    calibration made for one class warns on another), and images without class names are scored
+    as ``default_class_name`` (else 'object'), exactly as when each image names that class."""
+    detector = create_detector(method, backbone=tiny_backbone).eval()
+    images = torch.randn(2, 3, detector.image_size, detector.image_size, generator=torch.Generator().manual_seed(0))
+    assert detector.class_text() == "object" and detector.class_text("metal_nut") == word
+    generic = detector(images)
+    assert torch.equal(generic.scores, detector(images, ["object", "object"]).scores)
+    detector.default_class_name = "metal_nut"
+    assert detector.class_text() == word
+    named = detector(images, ["metal_nut", "metal_nut"])
+    by_default = detector(images)
+    assert torch.equal(by_default.scores, named.scores) and torch.equal(by_default.maps, named.maps)
+    assert not torch.equal(by_default.scores, generic.scores)

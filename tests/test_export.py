@@ -415,6 +415,23 @@ def test_missing_extra_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
     assert len(lines) == 1 and "onnxruntime is not installed" in lines[0] and ".[export]" in lines[0]
 
 
+def test_a_torch_without_the_dynamo_exporter_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    """torch before 2.6 (simulated: an export function without the dynamo arguments): one line
+    naming the torch version needed, no file written."""
+    def old_export(model, args, f, export_params=True, verbose=False, input_names=None, output_names=None,
+                   dynamic_axes=None, opset_version=None):
+        raise AssertionError("the old exporter must not run")
+
+    monkeypatch.setattr(torch.onnx, "export", old_export)
+    output = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--checkpoint_path", str(checkpoint), "--output", str(output)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and not output.exists()
+    assert lines[0].startswith(f"error: torch {torch.__version__} has no dynamo-based ONNX exporter taking dynamo, "
+                               "dynamic_shapes, optimize") and "torch>=2.6" in lines[0]
+
+
 def test_a_method_that_is_not_exportable_is_refused_in_one_line(checkpoint, tmp_path, monkeypatch, capsys):
     spec = registry.find_method("anomalyclip")
     monkeypatch.setitem(registry.METHODS, spec.name, dataclasses.replace(spec, exportable=False))

@@ -422,6 +422,27 @@ def test_full_disk_during_training_is_one_line(synthetic_root, tmp_path, monkeyp
     assert not list(tmp_path.glob("*.pth")) and not list(tmp_path.glob(".*"))
 
 
+def test_only_write_failures_become_disk_advice(tmp_path):
+    """A failed check while a file is produced keeps its own error; before, every RuntimeError
+    inside an atomic write was reported as 'cannot write ...: is the disk full?' (an exporter check
+    said so with 70 GiB free)."""
+    from anomaly_clip.files import atomic_path
+
+    target = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError, match="^the check failed$"):
+        with atomic_path(target) as temporary:
+            temporary.write_bytes(b"partial")
+            raise RuntimeError("the check failed")
+    assert list(tmp_path.iterdir()) == []
+    if Path("/dev/full").exists():  # torch.save's own full-disk error carries no errno
+        with pytest.raises(RuntimeError) as caught:
+            torch.save({"weights": torch.zeros(100_000)}, "/dev/full")
+        with pytest.raises(OSError, match="cannot write .*is the disk full"):
+            with atomic_path(target):
+                raise caught.value
+        assert list(tmp_path.iterdir()) == []
+
+
 # ---- what the command line says -------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["missing_checkpoint", "missing_data", "unreadable_image_in_worker"])

@@ -18,6 +18,7 @@ deprecated since torch 2.9 and traces shapes as tensors, which that arithmetic d
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from torch import nn
 
 from ... import __version__
 from ...data.dataset import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from ...extras import require
+from ...extras import MissingExtraError, require
 from ...files import atomic_path
 from ..calibration import weights_fingerprint
 from ..detector import AnomalyDetector
@@ -67,6 +68,20 @@ class DetectorGraph(nn.Module):
 def exportable_methods() -> Tuple[str, ...]:
     """Names of the registered methods that declare ``exportable`` (sorted)."""
     return tuple(sorted(method.name for method in registered_methods() if method.exportable))
+
+
+EXPORTER_ARGUMENTS = ("dynamo", "dynamic_shapes", "optimize")
+
+
+def check_exporter() -> None:
+    """:class:`~anomaly_clip.extras.MissingExtraError` unless this torch's ``torch.onnx.export``
+    takes the dynamo-based exporter's arguments used here (torch 2.6 and later do)."""
+    accepted = inspect.signature(torch.onnx.export).parameters
+    missing = [name for name in EXPORTER_ARGUMENTS if name not in accepted]
+    if missing:
+        raise MissingExtraError(
+            f"torch {torch.__version__} has no dynamo-based ONNX exporter taking {', '.join(missing)} "
+            "(torch.onnx.export(..., dynamo=True), torch 2.6 or later): pip install -U 'torch>=2.6'", name="torch")
 
 
 def check_exportable(method: str) -> None:
@@ -153,10 +168,12 @@ def export_onnx(detector: AnomalyDetector, path: str | os.PathLike, class_name: 
     reproduced PyTorch within :func:`output_tolerances` (a warning otherwise).
 
     Raises ``ValueError`` for a method that is not exportable or a class it cannot score,
-    :class:`~anomaly_clip.extras.MissingExtraError` without the ``export`` extra, ``RuntimeError``
+    :class:`~anomaly_clip.extras.MissingExtraError` without the ``export`` extra or with a torch
+    older than the dynamo-based exporter (:func:`check_exporter`), ``RuntimeError``
     if the exporter fixed the batch axis (nothing is written then).
     """
     onnx, _, _ = require("export")
+    check_exporter()
     check_exportable(detector.method_name)
     detector.eval()
     size = detector.image_size
