@@ -7,6 +7,8 @@ import torch
 from anomaly_clip.clip.backbone import BackboneConfig, load_backbone
 
 TINY = "anomaly-clip-tiny"
+# command-line flags of the tiny random backbone at 56 px on the CPU
+TINY_FLAGS = ["--model", TINY, "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
 
 
 def tiny_config(**changes) -> BackboneConfig:

@@ -19,9 +19,8 @@ from anomaly_clip.methods.clip import CLIPConfig, CLIPDetector
 from anomaly_clip.methods.clip_ac import CLIPACConfig, CLIPACDetector
 from anomaly_clip.methods.components.prompts import CLIP_IMAGENET_TEMPLATES
 
-from conftest import tiny_config
+from conftest import TINY_FLAGS, tiny_config
 
-TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +120,7 @@ def test_generic_memory_bank_works_with_clip(tiny_backbone, synthetic_root):
 
 @pytest.mark.parametrize("method", ["clip", "clip_ac"])
 def test_test_py_evaluates_without_training(method, synthetic_root, tmp_path):
-    result = cli.test_main(["--method", method, "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY])
+    result = cli.test_main(["--method", method, "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY_FLAGS])
     content = json.loads((tmp_path / "results.json").read_text())
     assert content["settings"]["method"] == method and content["settings"]["checkpoint"] is None
     assert [row["class"] for row in content["classes"]] == ["fabric", "washer"]
@@ -131,7 +130,7 @@ def test_test_py_evaluates_without_training(method, synthetic_root, tmp_path):
 def test_training_free_methods_refuse_training_and_trained_ones_need_a_checkpoint(synthetic_root, tmp_path, capsys):
     assert training_free_methods() == ["clip", "clip_ac", "winclip"]
     with pytest.raises(SystemExit) as exit_info:
-        cli.run("train", ["--method", "clip", "--train_data_path", synthetic_root, "--save_path", str(tmp_path), *TINY])
+        cli.run("train", ["--method", "clip", "--train_data_path", synthetic_root, "--save_path", str(tmp_path), *TINY_FLAGS])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("error: clip is training-free: evaluate it directly with test.py --method clip "
                                        "(no checkpoint needed); see 'anomaly-clip train --help'\n")
@@ -140,7 +139,7 @@ def test_training_free_methods_refuse_training_and_trained_ones_need_a_checkpoin
                           ([], "--checkpoint_path is required (training-free methods need only --method: clip, "
                                "clip_ac, winclip)")):
         with pytest.raises(SystemExit) as exit_info:
-            cli.run("test", [*argv, "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY])
+            cli.run("test", [*argv, "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY_FLAGS])
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == f"error: {message}; see 'anomaly-clip test --help'\n"
 
@@ -157,14 +156,14 @@ def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthet
     checkpoint to sit beside), predict reads it, and the scores are the detector's own."""
     normal = f"{synthetic_root}/fabric/test/good"
     with pytest.raises(SystemExit) as exit_info:
-        cli.run("calibrate", ["--method", "clip", "--input", normal, "--normal_quantile", "1", *TINY])
+        cli.run("calibrate", ["--method", "clip", "--input", normal, "--normal_quantile", "1", *TINY_FLAGS])
     assert exit_info.value.code == 2 and "give --output FILE" in capsys.readouterr().err
     output = tmp_path / "clip.calibration.json"
     calibration = cli.calibrate_main(["--method", "clip", "--input", normal, "--normal_quantile", "1", "--output",
-                                      str(output), "--class_name", "fabric", *TINY])
+                                      str(output), "--class_name", "fabric", *TINY_FLAGS])
     assert output.is_file() and calibration.method == "clip" and calibration.provenance["checkpoint"] is None
     rows = cli.predict_main(["--method", "clip", "--input", normal, "--calibration", str(output), "--save_path",
-                             str(tmp_path / "p"), *TINY])
+                             str(tmp_path / "p"), *TINY_FLAGS])
     settings = json.loads((tmp_path / "p" / "predict_settings.json").read_text())
     assert settings["checkpoint"] is None and settings["method"] == "clip" and settings["class_name"] == "fabric"
     assert [row.label for row in rows] == [int(row.score >= calibration.image_threshold) for row in rows]

@@ -21,7 +21,8 @@ from anomaly_clip.metrics.published import METRIC_LABELS, compare_run, read_publ
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
+from conftest import TINY_FLAGS
+
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_command_line_overrides_config_and_run_writes_resolved_config(synthetic_
     config = write_yaml(tmp_path / "run.yaml", {"method": "anomalyclip", "train": {
         "train_data_path": synthetic_root, "epoch": 3, "batch_size": 4, "features_list": [12, 24], "n_ctx": 6}})
     save = tmp_path / "out"
-    last = cli.train_main(["--config", str(config), "--epoch", "1", "--save_path", str(save), *TINY])
+    last = cli.train_main(["--config", str(config), "--epoch", "1", "--save_path", str(save), *TINY_FLAGS])
     assert last == save / "epoch_1.pth"
     resolved = yaml.safe_load((save / "train_config.yaml").read_text())
     assert resolved["method"] == "anomalyclip"
@@ -97,18 +98,18 @@ def test_command_line_overrides_config_and_run_writes_resolved_config(synthetic_
 def test_config_errors_name_the_problem(synthetic_root, tmp_path, monkeypatch):
     bad_key = write_yaml(tmp_path / "bad.yaml", {"train": {"train_data_path": synthetic_root, "epochz": 3}})
     with pytest.raises(ConfigError, match="unknown train settings \\['epochz'\\]"):
-        cli.train_main(["--config", str(bad_key), *TINY])
+        cli.train_main(["--config", str(bad_key), *TINY_FLAGS])
     monkeypatch.delenv("SOME_UNSET_ROOT", raising=False)
     unset = write_yaml(tmp_path / "unset.yaml", {"train": {"train_data_path": "${SOME_UNSET_ROOT}"}})
     with pytest.raises(ConfigError, match=r"\$SOME_UNSET_ROOT is not set.*--train_data_path"):
-        cli.train_main(["--config", str(unset), "--save_path", str(tmp_path / "x"), *TINY])
+        cli.train_main(["--config", str(unset), "--save_path", str(tmp_path / "x"), *TINY_FLAGS])
     test_only = write_yaml(tmp_path / "test_only.yaml", {"test": {"metrics": "image-level"}})
     with pytest.raises(ConfigError, match="has no 'train:' section"):
-        cli.train_main(["--config", str(test_only), *TINY])
+        cli.train_main(["--config", str(test_only), *TINY_FLAGS])
     wrong_choice = write_yaml(tmp_path / "choice.yaml", {"train": {"train_data_path": synthetic_root,
                                                                     "feature_cache": "gpu"}})
     with pytest.raises(ConfigError, match="feature_cache must be one of"):
-        cli.train_main(["--config", str(wrong_choice), *TINY])
+        cli.train_main(["--config", str(wrong_choice), *TINY_FLAGS])
 
 
 def test_train_help_shows_config():
@@ -176,7 +177,7 @@ def test_aaclip_protocol_picks_the_shot_configuration():
 
 def test_protocol_scripts_train_then_test_with_compare_table(synthetic_root, tmp_path):
     env = {**os.environ, "MVTEC_ROOT": synthetic_root, "VISA_ROOT": synthetic_root, "CKPT_DIR": str(tmp_path / "ck"),
-           "RESULTS_DIR": str(tmp_path / "res"), "TRAIN_ARGS": " ".join(TINY + ["--epoch", "1", "--batch_size", "4"]),
+           "RESULTS_DIR": str(tmp_path / "res"), "TRAIN_ARGS": " ".join(TINY_FLAGS + ["--epoch", "1", "--batch_size", "4"]),
            "TEST_ARGS": "--device cpu --num_workers 0 --batch_size 4"}
     for name in ("MPDD_ROOT", "BTAD_ROOT", "TN3K_ROOT"):
         env.pop(name, None)

@@ -18,9 +18,8 @@ from anomaly_clip.methods.anomalyclip import AnomalyCLIPTraining
 from anomaly_clip.methods.coop import CoOpConfig, CoOpDetector
 from anomaly_clip.methods.coop.training import train
 
-from conftest import train_config
+from conftest import TINY_FLAGS, train_config
 
-TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +125,7 @@ def test_training_step_changes_only_the_context(tiny_backbone, synthetic_root, t
 
 def test_train_py_one_epoch_then_test_py(synthetic_root, tmp_path):
     last = cli.train_main(["--method", "coop", "--train_data_path", synthetic_root, "--save_path", str(tmp_path / "c"),
-                           "--epoch", "1", "--batch_size", "4", "--n_ctx", "4", *TINY])
+                           "--epoch", "1", "--batch_size", "4", "--n_ctx", "4", *TINY_FLAGS])
     assert last == tmp_path / "c" / "epoch_1.pth"
     result = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(last), "--save_path",
                             str(tmp_path / "t"), "--device", "cpu", "--num_workers", "0"])

@@ -24,9 +24,8 @@ from anomaly_clip.data.pseudo_anomaly import PseudoAnomalies
 from anomaly_clip.methods.vand import VANDConfig, VANDDetector, VANDTraining
 from anomaly_clip.methods.vand.training import build_training_dataset, train
 
-from conftest import tiny_config, train_config
+from conftest import TINY_FLAGS, tiny_config, train_config
 
-TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
 LAYERS = (6, 12, 18, 24)
 
 
@@ -244,13 +243,13 @@ def test_train_py_then_test_py_with_both_checkpoint_formats(synthetic_root, tmp_
     save = tmp_path / "ckpt"
     last = cli.train_main(["--method", "vand", "--train_data_path", synthetic_root, "--save_path", str(save),
                            "--epoch", "1", "--batch_size", "5", "--aug_rate", "0.5", "--features_list", "12", "24",
-                           *TINY])
+                           *TINY_FLAGS])
     assert last == save / "epoch_1.pth" and (save / "official_epoch_1.pth").is_file()
     assert "Mosaics: 50%" in (save / "log.txt").read_text()
     ours = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(last), "--save_path",
                           str(tmp_path / "ours"), "--device", "cpu", "--num_workers", "0"])
     official = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(save / "official_epoch_1.pth"),
-                              "--save_path", str(tmp_path / "official"), "--features_list", "12", "24", *TINY])
+                              "--save_path", str(tmp_path / "official"), "--features_list", "12", "24", *TINY_FLAGS])
     assert ours["report"].mean() == official["report"].mean()
     few_shot = cli.test_main(["--data_path", synthetic_root, "--checkpoint_path", str(last), "--save_path",
                               str(tmp_path / "few"), "--device", "cpu", "--num_workers", "0",

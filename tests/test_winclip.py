@@ -20,7 +20,8 @@ from anomaly_clip.methods.winclip import WinCLIPConfig, WinCLIPDetector
 from anomaly_clip.methods.winclip.windows import (coverage, harmonic_aggregation, harmonic_mean, window_embeddings,
                                                   window_indices)
 
-TINY = ["--model", "anomaly-clip-tiny", "--random-init", "--image_size", "56", "--device", "cpu", "--num_workers", "0"]
+from conftest import TINY_FLAGS
+
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +228,7 @@ def test_bad_settings_are_refused(tiny_backbone):
 
 @pytest.mark.parametrize("extra", [[], ["--reference_images", "2"]])
 def test_test_py_evaluates_winclip_without_training(synthetic_root, tmp_path, extra):
-    cli.test_main(["--method", "winclip", "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY, *extra])
+    cli.test_main(["--method", "winclip", "--data_path", synthetic_root, "--save_path", str(tmp_path), *TINY_FLAGS, *extra])
     content = json.loads((tmp_path / "results.json").read_text())
     assert content["settings"]["method"] == "winclip" and content["settings"]["checkpoint"] is None
     assert [row["class"] for row in content["classes"]] == ["fabric", "washer"]

@@ -211,7 +211,7 @@ class FolderLayout(Layout):
     def label_of(self, group: ImageGroup, mask: Optional[Path]) -> int:
         """Label of an image of ``group`` whose mask search gave ``mask``."""
         if group.label is None:
-            raise NotImplementedError(f"{type(self).__name__} yields groups without a label but decides none")
+            raise TypeError(f"{type(self).__name__} yields groups without a label, so it must override label_of")
         return group.label
 
     def missing_mask_hint(self) -> str:
