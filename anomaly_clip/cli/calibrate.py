@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from .common import setup_logging
 from .options import CommandParser, UsageError
 from .settings import CalibrateSettings, DataSettings, ImageSettings, ReferenceSettings
-from .test import checkpoint_command, load_model, reference_bank
+from .test import checkpoint_command, load_model, reference_bank, training_free_method
 
 # the reference flags predict has (calibrate takes the same ones)
 REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
@@ -58,9 +58,11 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     from ..engine.references import predict_with_references
 
     resolve_device(args.device)
-    if not args.output and not args.checkpoint_path:
-        raise UsageError("without --checkpoint_path there is no checkpoint to store the calibration beside: give "
-                         "--output FILE (then pass it to predict --calibration FILE)")
+    if not args.checkpoint_path:
+        training_free_method(args)
+        if not args.output:
+            raise UsageError("without --checkpoint_path there is no checkpoint to store the calibration beside: give "
+                             "--output FILE (then pass it to predict --calibration FILE)")
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
     detector = load_model(args, data_path=args.data_path)

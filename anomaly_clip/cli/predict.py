@@ -19,7 +19,7 @@ from .common import setup_logging
 from .export import onnx_model_command, predict_backend
 from .options import CommandParser, dataclass_flags
 from .settings import ImageSettings, PredictSettings, ReferenceSettings
-from .test import checkpoint_command, load_model, reference_bank
+from .test import checkpoint_command, load_model, reference_bank, training_free_method
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     from ..engine.visualization import ColourScale
     from ..files import atomic_path
 
+    if not onnx and not args.checkpoint_path:
+        training_free_method(args)
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "predict_log.txt")
     if onnx:

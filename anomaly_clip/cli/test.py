@@ -47,12 +47,10 @@ def build_test_parser() -> CommandParser:
                                (ReferenceSettings, "few-shot normal references")], data_path=True)
 
 
-def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
-    """A detector of the training-free ``--method`` (no ``--checkpoint_path``): the method's
-    defaults with its backbone and method flags applied; a trained method, or no method at all,
-    is a :class:`UsageError` saying what to give."""
-    from .. import api
-    from ..engine.calibration import attach_calibration
+def training_free_method(args):
+    """The training-free ``--method`` a command without ``--checkpoint_path`` runs; a trained
+    method, or no method at all, is a :class:`UsageError` saying what to give. Commands call it
+    before they write anything."""
     from ..engine.registry import find_method, registered_methods
 
     free = ", ".join(m.name for m in registered_methods() if m.training_free)
@@ -63,6 +61,16 @@ def training_free_model(args, calibration: Optional[str] = None, data_path: Opti
         raise UsageError(f"--checkpoint_path is required: {method.name} has learnt parts (training-free methods: "
                          f"{free})")
     check_method_flags(args, method)
+    return method
+
+
+def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
+    """A detector of the training-free ``--method`` (:func:`training_free_method`): the method's
+    defaults with its backbone and method flags applied."""
+    from .. import api
+    from ..engine.calibration import attach_calibration
+
+    method = training_free_method(args)
     backbone = api.load_backbone(backbone_config(args, method.detector_class.default_backbone_config()),
                                  device=args.device)
     detector = api.create_detector(method.name, backbone=backbone,
@@ -174,6 +182,8 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     from ..engine.evaluation import evaluate
     from ..engine.outputs import OutputWriter, writer_threads
 
+    if not args.checkpoint_path:
+        training_free_method(args)
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
