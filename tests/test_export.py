@@ -432,6 +432,32 @@ def test_a_torch_without_the_dynamo_exporter_is_one_line(checkpoint, tmp_path, m
                                "dynamic_shapes, optimize") and "torch>=2.6" in lines[0]
 
 
+@needs_export
+def test_a_training_free_method_exports_without_a_checkpoint(mixed_folder, tmp_path):
+    """``export --method clip_ac`` needs no checkpoint; its graph holds the class's text and
+    ``predict --backend onnxruntime`` scores as the PyTorch model does."""
+    output = tmp_path / "clip_ac.onnx"
+    flags = ["--model_name", SHALLOW, "--random_init", "--image_size", str(SIZE), "--device", "cpu"]
+    result = cli.export_main(["--method", "clip_ac", "--class_name", CLASS, "--output", str(output), *flags])
+    assert result.metadata.method == "clip_ac" and result.metadata.class_text == CLASS and output.is_file()
+    assert result.within_tolerance
+    common = ["--input", str(mixed_folder), "--class_name", CLASS, "--num_workers", "0", "--device", "cpu"]
+    torch_rows = cli.predict_main(["--method", "clip_ac", *flags[:-2], "--save_path", str(tmp_path / "torch"),
+                                   *common])
+    onnx_rows = cli.predict_main(["--backend", "onnxruntime", "--model", str(output), "--save_path",
+                                  str(tmp_path / "onnx"), *common])
+    scored = [(a.score, b.score) for a, b in zip(torch_rows, onnx_rows) if not a.error]
+    assert len(scored) == 3 and max(abs(a - b) for a, b in scored) <= FLOAT32_TOLERANCE[0]
+
+
+def test_normal_references_are_not_exported(tmp_path):
+    detector = tiny_detector("vand")
+    detector.set_references({CLASS: detector.reference_features(torch.zeros(1, 3, SIZE, SIZE))}, 0.5)
+    with pytest.raises(ValueError, match="holds normal references .* not exported"):
+        export_onnx(detector, tmp_path / "vand.onnx", class_name=CLASS)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_method_that_is_not_exportable_is_refused_in_one_line(checkpoint, tmp_path, monkeypatch, capsys):
     spec = registry.find_method("anomalyclip")
     monkeypatch.setitem(registry.METHODS, spec.name, dataclasses.replace(spec, exportable=False))

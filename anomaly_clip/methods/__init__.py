@@ -26,10 +26,12 @@ register_method(
     final_stage="image", exportable=True)
 register_method(
     "clip", detector=f"{__name__}.clip.model:CLIPDetector", config=f"{__name__}.clip.config:CLIPConfig",
-    description="training-free baseline: two class-aware prompts on plain CLIP (AnomalyCLIP appendix A.2)")
+    description="training-free baseline: two class-aware prompts on plain CLIP (AnomalyCLIP appendix A.2)",
+    exportable=True)
 register_method(
     "clip_ac", detector=f"{__name__}.clip_ac.model:CLIPACDetector", config=f"{__name__}.clip_ac.config:CLIPACConfig",
-    description="training-free baseline: CLIP with the ImageNet template ensemble (AnomalyCLIP appendix A.2)")
+    description="training-free baseline: CLIP with the ImageNet template ensemble (AnomalyCLIP appendix A.2)",
+    exportable=True)
 register_method(
     "winclip", detector=f"{__name__}.winclip.model:WinCLIPDetector",
     config=f"{__name__}.winclip.config:WinCLIPConfig",
@@ -39,12 +41,12 @@ register_method(
     "vand", detector=f"{__name__}.vand.model:VANDDetector", config=f"{__name__}.vand.config:VANDConfig",
     training=f"{__name__}.vand.training:train", training_config=f"{__name__}.vand.config:VANDTraining",
     description="APRIL-GAN: linear projections of intermediate patch tokens, focal + Dice, few-shot memory "
-                "(VAND 2023 challenge)")
+                "(VAND 2023 challenge)", exportable=True)
 register_method(
     "coop", detector=f"{__name__}.coop.model:CoOpDetector", config=f"{__name__}.coop.config:CoOpConfig",
     training=f"{__name__}.coop.training:train", training_config=f"{__name__}.anomalyclip.config:AnomalyCLIPTraining",
     description="learnt context before 'normal/anomalous [cls]', trained and scored as AnomalyCLIP (its "
-                "appendix A.2)")
+                "appendix A.2)", exportable=True)
 
 
 def __getattr__(name: str):

@@ -85,11 +85,12 @@ def check_exporter() -> None:
 
 
 def check_exportable(method: str) -> None:
-    """``ValueError`` in one line for a method whose inference is not a fixed function of the image."""
+    """``ValueError`` in one line for a method not registered ``exportable`` (its forward is not
+    one graph for any batch size; docs/export.md, Limits, says why for each)."""
     spec = find_method(method)
     if not spec.exportable:
-        raise ValueError(f"{spec.name} cannot be exported to ONNX (its inference is not a fixed function of the "
-                         f"image); exportable methods: {', '.join(exportable_methods())}")
+        raise ValueError(f"{spec.name} cannot be exported to ONNX (its forward is not one graph for any batch size; "
+                         f"docs/export.md, Limits); exportable methods: {', '.join(exportable_methods())}")
 
 
 @contextmanager
@@ -167,7 +168,8 @@ def export_onnx(detector: AnomalyDetector, path: str | os.PathLike, class_name: 
     The file is written all or nothing, after ``onnx.checker`` accepted it and ONNX Runtime
     reproduced PyTorch within :func:`output_tolerances` (a warning otherwise).
 
-    Raises ``ValueError`` for a method that is not exportable or a class it cannot score,
+    Raises ``ValueError`` for a method that is not exportable, a detector holding normal
+    references (WinCLIP+, APRIL-GAN's memory) or a class it cannot score,
     :class:`~anomaly_clip.extras.MissingExtraError` without the ``export`` extra or with a torch
     older than the dynamo-based exporter (:func:`check_exporter`), ``RuntimeError``
     if the exporter fixed the batch axis (nothing is written then).
@@ -175,6 +177,9 @@ def export_onnx(detector: AnomalyDetector, path: str | os.PathLike, class_name: 
     onnx, _, _ = require("export")
     check_exporter()
     check_exportable(detector.method_name)
+    if getattr(detector, "references", None) is not None:
+        raise ValueError(f"{detector.method_name} holds normal references (few-shot memory), which are not exported: "
+                         "export the zero-shot model, without references")
     detector.eval()
     size = detector.image_size
     example = torch.randn(VERIFY_BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))

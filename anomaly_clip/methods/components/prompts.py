@@ -204,11 +204,13 @@ class ClassTextFeatures(nn.Module):
         """(B, 2, E) rows of each image's class; ``ValueError`` when the names do not match the batch.
         Without class names the row of ``default`` (None: :data:`GENERIC_CLASS`) is broadcast (no
         index list: any batch size, also when traced)."""
-        names = batch_class_names(class_names, batch, default)
-        self.prepare(names, encode)
-        if class_names is None:
-            index = self.names.index(names[0]) if names else 0
+        if class_names is None:  # no per-image list: the batch size stays symbolic when traced
+            name = default or GENERIC_CLASS
+            self.prepare([name], encode)
+            index = self.names.index(name)
             return self.features[index:index + 1].expand(batch, -1, -1)
+        names = batch_class_names(class_names, batch)
+        self.prepare(names, encode)
         lookup = {name: index for index, name in enumerate(self.names)}
         return self.features[torch.tensor([lookup[name] for name in names], device=self.features.device)]
 

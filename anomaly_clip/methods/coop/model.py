@@ -41,9 +41,10 @@ class CoOpDetector(ClassAwareText, GlocalDetector):
     def text_rows(self, class_names: Optional[Sequence[str]], batch: int) -> torch.Tensor:
         """(B, 2, E) unit text features of each image's class ("object" when none is named): from
         the context vectors while training or with gradients, else the frozen rows."""
-        names = batch_class_names(class_names, batch, self.default_class_name)
         if self.training or torch.is_grad_enabled():
+            names = batch_class_names(class_names, batch, self.default_class_name)
             unique = list(dict.fromkeys(names))
             text = self.prompt_learner(self.backbone, unique)
             return text[torch.tensor([unique.index(name) for name in names], device=text.device)]
-        return self.text.rows(names, batch, lambda missing: self.prompt_learner(self.backbone, missing))
+        return self.text.rows(class_names, batch, lambda missing: self.prompt_learner(self.backbone, missing),
+                              self.default_class_name)
