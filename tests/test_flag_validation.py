@@ -151,6 +151,21 @@ def test_usage_errors_are_one_line_with_where_the_help_is(capsys, command, argv,
     assert problem in message and message.endswith("--help'")
 
 
+@pytest.mark.parametrize("command, argv", [
+    ("test", ["--data_path", "d"]), ("predict", ["--input", "x"]),
+    ("calibrate", ["--input", "x", "--normal_quantile", "0.99"]),
+])
+def test_a_checkpoint_that_cannot_be_read_writes_nothing(capsys, monkeypatch, tmp_path, command, argv):
+    """A missing or broken --checkpoint_path is reported before the command writes its log or
+    resolved settings (before: test.py left ./results/test_config.yaml, predict its log)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    for checkpoint in ("nowhere.pth", "broken.pth"):
+        message = fails(capsys, command, [*argv, "--checkpoint_path", checkpoint])
+        assert checkpoint in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken.pth"]
+
+
 # ---- Ctrl-C while starting -------------------------------------------------------------------------
 
 def test_ctrl_c_while_the_command_loads_is_interrupted_not_a_traceback(capsys, monkeypatch):

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from .common import setup_logging
 from .options import CommandParser, UsageError
 from .settings import CalibrateSettings, DataSettings, ImageSettings, ReferenceSettings
-from .test import checkpoint_command, load_model, reference_bank, training_free_method
+from .test import checkpoint_command, load_model, model_source, reference_bank
 
 # the reference flags predict has (calibrate takes the same ones)
 REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
@@ -58,14 +58,14 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     from ..engine.references import predict_with_references
 
     resolve_device(args.device)
-    if not args.checkpoint_path:
-        training_free_method(args)
+    checkpoint = model_source(args)
+    if checkpoint is None:
         if not args.output:
             raise UsageError("without --checkpoint_path there is no checkpoint to store the calibration beside: give "
                              "--output FILE (then pass it to predict --calibration FILE)")
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
-    detector = load_model(args, data_path=args.data_path)
+    detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
     if args.input is not None:
         note_class_choice(detector, args.class_name)
         paths = expand_inputs(args.input)

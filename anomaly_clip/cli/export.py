@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 from .common import add_backbone_flags, add_method_flags, setup_logging
 from .options import CommandParser, UsageError, dataclass_flags, section_values, spellings
 from .settings import ExportSettings, ImageSettings, OnnxModelSettings, RunSettings
-from .test import add_model_flags, load_model, training_free_method
+from .test import add_model_flags, load_model, model_source
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +42,14 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Any:
     checkpoint) is exportable before the model is built, load it, export; return the
     :class:`~anomaly_clip.engine.export.ExportResult`."""
     args = build_export_parser().parse(list(sys.argv[1:] if argv is None else argv))
-    from ..engine.checkpoint import identify_checkpoint
     from ..engine.export import check_exportable, export_onnx
     from ..extras import require
 
     setup_logging()
     for name in EXPORTER_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    checkpoint = identify_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
-    check_exportable(checkpoint.method if checkpoint is not None else training_free_method(args).name)
+    checkpoint = model_source(args)
+    check_exportable(checkpoint.method if checkpoint is not None else args.method)
     require("export")
     detector = load_model(args, calibration=args.calibration, checkpoint=checkpoint)
     class_name = args.class_name

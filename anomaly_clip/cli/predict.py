@@ -19,7 +19,7 @@ from .common import setup_logging
 from .export import onnx_model_command, predict_backend
 from .options import CommandParser, dataclass_flags
 from .settings import ImageSettings, PredictSettings, ReferenceSettings
-from .test import checkpoint_command, load_model, reference_bank, training_free_method
+from .test import checkpoint_command, load_model, model_source, reference_bank
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     from ..engine.visualization import ColourScale
     from ..files import atomic_path
 
-    if not onnx and not args.checkpoint_path:
-        training_free_method(args)
+    checkpoint = None if onnx else model_source(args)
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "predict_log.txt")
     if onnx:
@@ -68,7 +67,7 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
 
         detector = load_onnx(args.model, device=args.device, calibration=args.calibration, threads=args.threads)
     else:
-        detector = load_model(args, calibration=args.calibration)
+        detector = load_model(args, calibration=args.calibration, checkpoint=checkpoint)
     exported_class = detector.metadata.class_name if onnx else None
     class_name = (args.class_name or exported_class
                   or (detector.calibration.class_name if detector.calibration else None))

@@ -64,6 +64,19 @@ def training_free_method(args):
     return method
 
 
+def model_source(args):
+    """What a checkpoint-reading command scores with, checked before it writes anything: the
+    ``--checkpoint_path`` read once (a :class:`~anomaly_clip.engine.checkpoint.CheckpointFile`;
+    missing, unreadable or unsafe files raise here), or None for a training-free ``--method``
+    (:func:`training_free_method`)."""
+    from ..engine.checkpoint import identify_checkpoint
+
+    if not args.get("checkpoint_path"):
+        training_free_method(args)
+        return None
+    return identify_checkpoint(args.checkpoint_path)
+
+
 def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
     """A detector of the training-free ``--method`` (:func:`training_free_method`): the method's
     defaults with its backbone and method flags applied."""
@@ -177,18 +190,15 @@ def test_main(argv: Optional[Sequence[str]] = None) -> dict:
     args = command.parse(list(sys.argv[1:] if argv is None else argv))
     from ..data.dataset import AnomalyDataset
     from ..data.formats import load_samples
-    from ..engine.checkpoint import identify_checkpoint
     from ..engine.distributed import init_distributed, is_main_process
     from ..engine.evaluation import evaluate
     from ..engine.outputs import OutputWriter, writer_threads
 
-    if not args.checkpoint_path:
-        training_free_method(args)
+    checkpoint = model_source(args)
     args.device = init_distributed(args.device, timeout=args.dist_timeout)
     setup_logging(args.save_path, "test_log.txt")
     if is_main_process():
         write_resolved_config(plain_settings(args), "test", args.save_path, source=config_source(args))
-    checkpoint = identify_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
     detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
     if checkpoint is not None:
         warn_if_trained_on(checkpoint, args.data_path, args.split, args.metadata)
