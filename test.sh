@@ -23,4 +23,4 @@ if [ -n "${WEIGHTS:-}" ]; then
   ARGS="--weights $(printf %q "$WEIGHTS") $ARGS"
 fi
 [ -n "${DEVICE:-}" ] && ARGS="--device $(printf %q "$DEVICE") $ARGS"
-exec python -m anomaly_clip protocol test --extra "$ARGS"
+exec python -m anomaly_clip protocol test --extra="$ARGS"

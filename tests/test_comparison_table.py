@@ -160,7 +160,10 @@ def test_scripts_from_another_folder_compare_every_baseline_in_one_table(caller)
     assert "not MVTec AD data" in (results / "vand" / "summary.md").read_text()
     assert written_since(REPO / "results", start) == []
 
-    missing = run_script("test.sh", caller, METHODS="clip anomalyclip aaclip", TEST_ARGS=TINY)
+    early = run_script("train.sh", caller, METHODS="coop aaclip", TRAIN_ARGS="--tiny --epoch 1", CKPT_DIR="early")
+    assert early.returncode == 2 and early.stderr.count("error:") == 1
+    assert "--epoch is a setting of" in early.stderr and not (caller / "early").exists()  # before coop trained
+    missing = run_script("test.sh", caller, METHODS="clip anomalyclip aaclip", TEST_ARGS="--tiny")  # one flag
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.count("error:") == 1 and "anomalyclip_visa" in missing.stderr \
         and "aaclip_full_shot_visa" in missing.stderr

@@ -14,6 +14,7 @@ import torch
 
 from anomaly_clip import cli
 from anomaly_clip.cli.errors import CLI_OPTIONS
+from anomaly_clip.cli.options import UsageError
 from anomaly_clip.clip import weights as weights_module
 from anomaly_clip.clip.backbone import load_backbone
 from anomaly_clip.clip.config import TINY_BACKBONE, BackboneConfig
@@ -84,6 +85,30 @@ def test_tiny_contradicted_by_weight_flags_is_one_line(flags, named, synthetic, 
     assert len(errors) == 1
     assert errors[0].startswith(f"error: --tiny builds the tiny random backbone, which {named} contradicts: drop one "
                                 "of them")
+
+
+def test_tiny_replaces_a_config_files_backbone_but_not_a_flag(caplog):
+    """A protocol config names WinCLIP's ViT-B/16+ at 240 px: --tiny replaces those values (and says
+    so); the same settings given as flags still conflict with it."""
+    from anomaly_clip.cli.common import backbone_config
+    from anomaly_clip.cli.test import build_test_parser
+    from anomaly_clip.methods.winclip import WinCLIPDetector
+
+    config = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "winclip" / "zero_shot.yaml"),
+              "--data_path", ".", "--dataset", "mvtec", "--save_path", "."]
+    plain = build_test_parser().parse(config)
+    assert plain.pretrained == "laion400m_e31" and plain.image_size == 240
+    with caplog.at_level("INFO", logger="anomaly_clip.cli.options"):
+        tiny = build_test_parser().parse([*config, "--tiny"])
+    assert tiny.pretrained is None and tiny.image_size is None and tiny.model_name is None
+    assert "--tiny replaces the config file's" in caplog.text and "pretrained=laion400m_e31" in caplog.text
+    settings = backbone_config(tiny, WinCLIPDetector.default_backbone_config())
+    assert settings.model_name == TINY_BACKBONE["model_name"] and settings.image_size == 112 and settings.random_init
+    sized = build_test_parser().parse([*config, "--tiny", "--image_size", "56"])
+    assert backbone_config(sized, WinCLIPDetector.default_backbone_config()).image_size == 56
+    explicit = build_test_parser().parse([*config, "--tiny", "--pretrained", "laion400m_e31"])
+    with pytest.raises(UsageError, match="--pretrained contradicts"):
+        backbone_config(explicit, WinCLIPDetector.default_backbone_config())
 
 
 def test_a_tiny_checkpoint_never_asks_for_weights(no_network, tiny_run, synthetic, tmp_path):

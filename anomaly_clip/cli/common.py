@@ -20,6 +20,9 @@ from .options import CommandParser, Flag, UsageError, dataclass_flags
 from .settings import RunSettings, TinySettings
 
 BACKBONE_GROUP = "backbone"
+TINY_CONFLICTS = ("weights_path", "pretrained", "model_name", "cache_dir")
+# what --tiny sets in place of a config file's values (a protocol's ViT-L at 518 px becomes the tiny backbone at 112 px)
+TINY_REPLACES = TINY_CONFLICTS + ("image_size", "random_init")
 
 
 def add_backbone_flags(command: CommandParser, num_workers: bool = True, precision: bool = True) -> None:
@@ -28,6 +31,7 @@ def add_backbone_flags(command: CommandParser, num_workers: bool = True, precisi
     command has no use for them)."""
     command.add_flags(dataclass_flags(TinySettings, BACKBONE_GROUP), BACKBONE_GROUP)
     command.add_flags(dataclass_flags(BackboneConfig, BACKBONE_GROUP, none_defaults=True), BACKBONE_GROUP)
+    command.add_preset("tiny", TINY_REPLACES)
     group = command.group(BACKBONE_GROUP)
     network = group.add_mutually_exclusive_group()
     network.add_argument("--offline", dest="download", action="store_false", default=None,
@@ -106,9 +110,6 @@ def check_method_flags(namespace: Namespace, method: Method, training: bool = Fa
             value = namespace[dest]
             if value is not None and value != default and not (isinstance(default, tuple) and list(default) == value):
                 raise UsageError(f"--{dest} is a setting of {', '.join(users)}, not of {method.name}")
-
-
-TINY_CONFLICTS = ("weights_path", "pretrained", "model_name", "cache_dir")
 
 
 def backbone_config(namespace: Namespace, base: BackboneConfig) -> BackboneConfig:

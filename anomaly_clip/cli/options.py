@@ -15,6 +15,7 @@ does the ``<section>_config.yaml`` each run writes beside its outputs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import typing
@@ -24,6 +25,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_loader
+
+logger = logging.getLogger(__name__)
 
 SECTIONS = ("train", "test", "predict", "calibrate", "demo", "protocol", "summarize", "synthesize", "convert",
             "export")
@@ -309,6 +312,13 @@ class CommandParser:
                                       "override it")
         self.groups: Dict[str, Any] = {}
         self._unset: Dict[str, UnsetVariable] = {}
+        self.presets: Dict[str, Tuple[str, ...]] = {}
+
+    def add_preset(self, dest: str, replaces: Sequence[str]) -> None:
+        """Make the boolean flag ``dest`` a preset of the settings ``replaces``: when it is on, the
+        values a config file gives them make way for the preset's (reset to None and logged); a
+        value given as a flag stays, so the command can call it a conflict."""
+        self.presets[dest] = tuple(replaces)
 
     def group(self, title: str) -> Any:
         if title not in self.groups:
@@ -400,10 +410,11 @@ class CommandParser:
                 rest.append(argv[index])
             index += 1
         self._unset = {}
+        from_files: Dict[str, Any] = {}
         for item in configs:
             path = item.split("=", 1)[1] if item.startswith("--config=") else item
             if item != "--config" and Path(path).is_file():
-                self.check_values(section_values(path, self.section), path)
+                from_files.update(self.check_values(section_values(path, self.section), path))
         self._unset = {}
         try:
             namespace = self.parser.parse_args(configs + rest)
@@ -414,7 +425,22 @@ class CommandParser:
             message = usage_message(str(error), self.table)
             raise (ConfigError if configs else UsageError)(f"{message}; see '{self.parser.prog} --help'") from None
         self._check_unset(configs, rest)
+        self._apply_presets(namespace, from_files, rest)
         return namespace
+
+    def _apply_presets(self, namespace: Namespace, from_files: Mapping[str, Any], rest: List[str]) -> None:
+        """Reset the config-file values of the settings an active preset replaces (:meth:`add_preset`)."""
+        given = {arg.split("=", 1)[0] for arg in rest if arg.startswith("--")}
+        for dest, replaces in self.presets.items():
+            if not namespace.get(dest):
+                continue
+            replaced = [key for key in replaces if key in from_files and namespace.get(key) is not None
+                        and not given & set(self.table.flags[key].names)]
+            for key in replaced:
+                namespace[key] = None
+            if replaced:
+                logger.info("%s replaces the config file's %s", self.table.option(dest),
+                            ", ".join(f"{key}={from_files[key]}" for key in replaced))
 
     def _check_unset(self, configs: List[str], rest: List[str]) -> None:
         """A setting of the file left on an unset variable, and not given as a flag, is an error."""

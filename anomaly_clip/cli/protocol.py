@@ -153,6 +153,20 @@ def _checkpoint_dir() -> Path:
     return output_dir("CKPT_DIR", TrainConfig().save_path)
 
 
+def train_argv(protocol: Protocol, run: TrainingRun, root: Path, save: Path, extra: Sequence[str]) -> List[str]:
+    """The ``train.py`` flags of one training run."""
+    return ["--config", str(run.config), "--method", protocol.method, "--dataset", run.dataset,
+            "--train_data_path", str(root), "--save_path", str(save), *extra]
+
+
+def test_argv(protocol: Protocol, dataset: str, root: Path, save: Path, checkpoint: Optional[Path],
+              extra: Sequence[str]) -> List[str]:
+    """The ``test.py`` flags evaluating ``protocol.method`` on ``dataset``."""
+    argv = ["--config", str(protocol.test_config), "--method", protocol.method, "--dataset", dataset,
+            "--data_path", str(root), "--save_path", str(save)]
+    return argv + (["--checkpoint_path", str(checkpoint)] if checkpoint is not None else []) + list(extra)
+
+
 def run_training(protocol: Protocol, extra: Sequence[str]) -> List[Path]:
     """Every training run of the protocol; all roots must be set (each missing one is named). A
     training-free method has nothing to train."""
@@ -171,9 +185,7 @@ def run_training(protocol: Protocol, extra: Sequence[str]) -> List[Path]:
         raise ProtocolError("; ".join(problems))
     written = []
     for run in protocol.runs.values():
-        save = _checkpoint_dir() / run.name
-        argv = ["--config", str(run.config), "--method", protocol.method, "--dataset", run.dataset,
-                "--train_data_path", str(dataset_root(run.root_variable)), "--save_path", str(save), *extra]
+        argv = train_argv(protocol, run, dataset_root(run.root_variable), _checkpoint_dir() / run.name, extra)
         logger.info("Training run %s: train.py %s", run.name, shlex.join(argv))
         written.append(caller_path(train_main(argv)))
     logger.info("Checkpoints of %s: %s", protocol.method, ", ".join(str(p) for p in written))
@@ -244,12 +256,7 @@ def run_testing(protocol: Protocol, extra: Sequence[str], roots: Dict[str, Path]
         if dataset not in protocol.datasets:
             continue
         save = folder / dataset
-        argv = ["--config", str(protocol.test_config), "--method", protocol.method, "--dataset", dataset,
-                "--data_path", str(root), "--save_path", str(save)]
-        checkpoint = checkpoints[(protocol.method, dataset)]
-        if checkpoint is not None:
-            argv += ["--checkpoint_path", str(checkpoint)]
-        argv += list(extra)
+        argv = test_argv(protocol, dataset, root, save, checkpoints[(protocol.method, dataset)], extra)
         logger.info("Evaluating %s on %s: test.py %s", protocol.method, dataset, shlex.join(argv))
         test_main(argv)
         done.append(str(save))
@@ -302,6 +309,34 @@ def method_extra(stage: str, method: str, extra: Sequence[str]) -> List[str]:
     return [*extra, *shlex.split(os.environ.get(variable, ""))]
 
 
+def check_flags(stage: str, protocols: Sequence[Protocol], extra: Sequence[str]) -> None:
+    """Parse each method's flags (``extra`` and its own ``<STAGE>_ARGS_<METHOD>``) with its
+    protocol file before anything runs, so a flag one method lacks is reported before the others
+    have trained or been evaluated."""
+    from .common import check_method_flags
+    from .test import build_test_parser
+    from .train import build_train_parser
+
+    options_logger = logging.getLogger(CommandParser.__module__)  # the runs themselves log what presets replace
+    level = options_logger.level
+    options_logger.setLevel(logging.WARNING)
+    try:
+        for protocol in protocols:
+            if stage == "train" and protocol.training_free:
+                continue
+            flags = method_extra(stage, protocol.method, extra)
+            if stage == "train":
+                argv = train_argv(protocol, next(iter(protocol.runs.values())), Path("."), Path("."), flags)
+                command = build_train_parser(protocol.method)
+            else:
+                argv = test_argv(protocol, next(iter(protocol.datasets)), Path("."), Path("."), None, flags)
+                command = build_test_parser()
+            args = command.parse(argv)
+            check_method_flags(args, find_method(protocol.method), training=stage == "train")
+    finally:
+        options_logger.setLevel(level)
+
+
 def requested_methods(args) -> Tuple[str, ...]:
     """``--methods`` (env METHODS) when given, else ``--method`` (env METHOD)."""
     return tuple(args.methods) if args.methods else (args.method,)
@@ -321,6 +356,7 @@ def protocol_main(argv: Optional[Sequence[str]] = None) -> object:
     setup_logging()
     protocols = [load_protocol(args.protocol, method, args.shot) for method in requested_methods(args)]
     extra = shlex.split(args.extra)
+    check_flags(args.stage, protocols, extra)
     if args.stage == "train":
         written = [path for protocol in protocols
                    for path in run_training(protocol, method_extra("train", protocol.method, extra))]
