@@ -17,7 +17,7 @@ from anomaly_clip import Inferencer
 from anomaly_clip import cli
 from anomaly_clip.cli.main import main
 from anomaly_clip.data.synthetic import generate_synthetic_dataset
-from anomaly_clip.engine.calibration import Calibration, quantile_value, sidecar_path
+from anomaly_clip.engine.calibration import Calibration, quantile_threshold, quantile_value, sidecar_path
 from anomaly_clip.engine.checkpoint import save_checkpoint
 from anomaly_clip.engine.inference import expand_inputs
 from anomaly_clip.clip.config import RANDOM_WEIGHTS_WARNING
@@ -179,7 +179,7 @@ def test_sidecar_is_picked_up_by_load_and_predict(checkpoint, synthetic, tmp_pat
         assert settings["overlay_colour_range"] == [0.0, 3.0]
         assert settings["calibration"]["pixel_threshold"] == calibration.pixel_threshold
         assert len(list((tmp_path / "overlays").rglob("*.jpg"))) == len(rows)
-        assert sum(r.label for r in rows) >= 1  # the image at the maximum is called anomalous (score >= threshold)
+        assert sum(r.label for r in rows) == 0  # q = 1: every calibration image is normal, the maximum too
     finally:
         sidecar_path(checkpoint).unlink()
 
@@ -193,6 +193,9 @@ def test_calibration_needs_labels_for_f1_max(checkpoint, synthetic, capsys):
 def test_quantile_value_and_png16_maps(tmp_path):
     values = torch.arange(1.0, 101.0)
     assert quantile_value(values, 1.0) == 100.0 and quantile_value(values, 0.9) == 90.0
+    assert 100.0 < quantile_threshold(values, 1.0) <= 100.0001 and 90.0 < quantile_threshold(values, 0.9) < 91.0
+    assert quantile_threshold(torch.zeros(3), 1.0) > 0.0  # at least one float step above
+    assert (values >= quantile_threshold(values, 0.9)).sum() == 10  # 90 of 100 values normal
     with pytest.raises(ValueError):
         quantile_value(values, 0.0)
     anomaly_map = np.random.default_rng(1).normal(size=(17, 29)).astype(np.float32)

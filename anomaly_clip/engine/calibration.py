@@ -3,8 +3,9 @@ their storage beside its checkpoint.
 
 A score or a map value is only useful to a user once it is turned into a decision. Thresholds
 come from (a) a labelled set: the F1-max thresholds of the image scores and of the pixels,
-(b) normal images only: a quantile ``q`` of their scores and of their maps' maxima, so that a
-fraction ``q`` of such images is called normal and gets an empty mask (``q = 1``: the maxima), or
+(b) normal images only: just above a quantile ``q`` of their scores and of their maps' maxima, so
+that a fraction ``q`` of such images is called normal and gets an empty mask (``q = 1``: all of
+them, :func:`quantile_threshold`), or
 (c) by hand. They are stored as a JSON sidecar, ``<checkpoint>.calibration.json``, which
 :func:`anomaly_clip.load` reads, together with the method's score statistics (constants for the
 per-image score, see :meth:`AnomalyDetector.image_scores`), the range of the calibration maps
@@ -348,6 +349,12 @@ class CalibrationOutputs:
     class_names: List[str]
 
 
+RESCORE_TOLERANCE = 1e-6
+"""Relative margin of a normal-quantile threshold above its quantile value: an image scores the
+same in another batch only to float rounding (5e-7 relative measured, README), so without it the
+image at the quantile could flip to anomalous when scored again."""
+
+
 def quantile_value(values: torch.Tensor, q: float) -> float:
     """The smallest value at or above a fraction ``q`` of ``values`` (``q = 1``: the maximum)."""
     if not 0.0 < q <= 1.0:
@@ -357,6 +364,14 @@ def quantile_value(values: torch.Tensor, q: float) -> float:
         raise ValueError("no values to take a quantile of")
     rank = min(max(math.ceil(q * flat.numel()), 1), flat.numel())
     return float(flat.kthvalue(rank).values)
+
+
+def quantile_threshold(values: torch.Tensor, q: float) -> float:
+    """A threshold calling a fraction ``q`` of ``values`` normal under ``value >= threshold``:
+    just above :func:`quantile_value` (by :data:`RESCORE_TOLERANCE` relative, at least one float64
+    step), so the value at the quantile itself is normal (``q = 1``: every calibration image)."""
+    value = quantile_value(values, q)
+    return max(math.nextafter(value, math.inf), value + RESCORE_TOLERANCE * abs(value))
 
 
 def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_quantile: Optional[float] = None,
@@ -385,8 +400,8 @@ def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_q
     if normal_quantile is not None:
         if not bool(normal.any()):
             raise ValueError("--normal-quantile needs normal images (label 0) in the calibration set")
-        image_threshold = quantile_value(scores[normal], normal_quantile)
-        pixel_threshold = quantile_value(outputs.map_peaks[normal], normal_quantile)
+        image_threshold = quantile_threshold(scores[normal], normal_quantile)
+        pixel_threshold = quantile_threshold(outputs.map_peaks[normal], normal_quantile)
         rule = "normal-quantile"
         record["quantile"] = normal_quantile
     else:
