@@ -271,3 +271,23 @@ def test_random_weight_marks_on_every_output(tiny_checkpoint, awkward_dataset, t
                       "--calibration", str(tmp_path / "cal.json"), "--save_path", str(tmp_path / "out"), *RUN])
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert rows[0].endswith(",warning") and all(row.endswith(RANDOM_WEIGHTS_WARNING) for row in rows[1:])
+
+
+def test_test_panels_decide_with_the_calibration(awkward_dataset, tiny_checkpoint, tmp_path, monkeypatch):
+    """With a calibration beside the checkpoint, each --visualize panel shows the decision on the
+    calibration's per-image score (before: 'no image threshold' next to a log line saying one was loaded)."""
+    import shutil
+
+    checkpoint = Path(shutil.copy(tiny_checkpoint, tmp_path / "model.pth"))
+    calibration = cli.calibrate_main(["--checkpoint_path", str(checkpoint), "--data_path", str(awkward_dataset),
+                                      *RUN])
+    headers = []
+    monkeypatch.setattr(outputs, "_save_evaluation_panel",
+                        lambda path, image_path, values, value_range, content, image_format:
+                        headers.append(content.header[0]))
+    cli.test_main(["--data_path", str(awkward_dataset), "--checkpoint_path", str(checkpoint), "--save_path",
+                   str(tmp_path / "run"), "--visualize", "--batch_size", "3", *RUN])
+    threshold = f"(image threshold {calibration.image_threshold:.4g})"
+    assert len(headers) == 20 and all(threshold in header for header in headers)
+    decided = [header.split(" | ")[-1].split(" (")[0] for header in headers]
+    assert set(decided) <= {"ANOMALOUS", "normal"}

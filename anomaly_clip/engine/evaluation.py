@@ -115,9 +115,13 @@ def evaluate(detector: AnomalyDetector, dataset: Dataset, batch_size: int = 8, n
     panels = None
     if visualize:
         calibration = detector.calibration
+        # the calibration decides on its method's per-image score; fused with references the scale differs
+        decides = calibration is not None and calibration.image_threshold is not None and references is None
         panels = EvaluationPanels(
             visualize, writer, ColourScale(calibration.map_range if calibration is not None else None),
-            has_masks=has_masks, image_threshold=None,
+            has_masks=has_masks, image_threshold=calibration.image_threshold if decides else None,
+            decision_scores=(lambda output: calibration.image_scores(detector, output.scores, output.map_peaks,
+                                                                     output.map_floors)) if decides else None,
             pixel_threshold=calibration.pixel_threshold if calibration is not None else None,
             overlay_format=overlay_format, random_weights=detector.backbone.config.random_init)
     scorer = None

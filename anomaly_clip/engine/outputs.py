@@ -425,10 +425,13 @@ class EvaluationPanels:
     """``test --visualize``: one panel per evaluated image under ``directory/<class>/`` (the
     design of predict's overlays, ground truth outlined in green where the dataset has masks),
     drawn and written by ``writer`` in the background. The image is read as datasets read it and
-    resized to the maps' size with the model's bicubic resize."""
+    resized to the maps' size with the model's bicubic resize. With ``image_threshold`` each panel
+    shows the decision on ``decision_scores(output)`` (the calibration's per-image score; default:
+    the batch's scores)."""
 
     def __init__(self, directory: str | os.PathLike, writer: OutputWriter, scale: Optional[ColourScale] = None,
                  has_masks: bool = True, image_threshold: Optional[float] = None,
+                 decision_scores: Optional[Callable[[BatchOutput], torch.Tensor]] = None,
                  pixel_threshold: Optional[float] = None, overlay_format: str = "jpg", random_weights: bool = False):
         if overlay_format not in OVERLAY_FORMATS:
             raise ValueError(f"overlay_format must be one of {OVERLAY_FORMATS}, got {overlay_format!r}")
@@ -437,6 +440,7 @@ class EvaluationPanels:
         self.scale = scale or ColourScale()
         self.has_masks = has_masks
         self.image_threshold, self.pixel_threshold = image_threshold, pixel_threshold
+        self.decision_scores = decision_scores
         self.overlay_format = overlay_format
         self.random_weights = random_weights
         self.classes = UniqueNames()
@@ -455,7 +459,8 @@ class EvaluationPanels:
         maps = output.maps.float().cpu().numpy()
         masks = output.masks.cpu().numpy() if output.masks is not None and self.has_masks else [None] * len(maps)
         labels = output.labels.cpu().tolist() if output.labels is not None else [None] * len(maps)
-        scores = output.scores.float().cpu().tolist()
+        decided = self.decision_scores(output) if self.decision_scores is not None else output.scores
+        scores = decided.float().cpu().tolist()
         for path, name, values, truth, label, score in zip(output.paths, output.class_names, maps, masks, labels,
                                                            scores):
             value_range = self.scale.fix(values)
