@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 from tabulate import tabulate
 
 from anomaly_clip.data.fewshot import few_shot_subset
-from anomaly_clip.data.formats import write_jsonl, write_metadata
+from anomaly_clip.data.formats import META_JSON, read_meta_json, write_jsonl, write_metadata
 from anomaly_clip.data.layouts import LayoutError
 from anomaly_clip.data.layouts.folders import Folders
 from anomaly_clip.data.records import count_table
@@ -38,6 +38,9 @@ def generate(dataset: str, root: Union[str, Path], fmt: str = "meta", output: Op
     if info.image_level_only:
         logger.info("%s has image-level labels only (no masks)", info.title)
     target = Path(output) if output is not None else Path(root)
+    if split is not None and fmt in ("meta", "both"):
+        metadata = with_other_splits(metadata, target if fmt == "meta" and target.suffix == ".json"
+                                     else target / META_JSON)
     written = write_metadata(metadata, target, fmt)
     if few_shot:
         if few_shot_split not in metadata:
@@ -48,6 +51,25 @@ def generate(dataset: str, root: Union[str, Path], fmt: str = "meta", output: Op
     for path in written:
         logger.info("Wrote %s", path)
     return written
+
+
+def with_other_splits(metadata, meta_path: Path):
+    """``metadata`` (the splits just scanned) plus the other non-empty splits of an existing
+    ``meta_path``, so that writing a second split of a folder pair (``--split test`` after
+    ``--split train``) keeps the first; said in the log."""
+    if not meta_path.is_file():
+        return metadata
+    kept = {name: samples for name, samples in read_meta_json(meta_path).items() if name not in metadata and samples}
+    if kept:
+        logger.info("Kept split(s) %s of the existing %s; wrote %s", sorted(kept), meta_path, sorted(metadata))
+    return {**kept, **metadata}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage problems in one line, ``error: ...; see '... --help'``, exit 2 (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
 
 
 class Once(argparse.Action):
@@ -63,7 +85,7 @@ class Once(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m generate_dataset_json",
         description="Write AnomalyCLIP meta.json / AA-CLIP jsonl metadata for a dataset in its published layout.")
     parser.add_argument("dataset", nargs="?", help="dataset name or alias (see --list)")

@@ -74,3 +74,13 @@ def test_a_checkpoint_is_read_once_per_command(tiny_backbone, tmp_path, monkeypa
     cli.predict_main(["--checkpoint_path", str(checkpoint), "--input", str(images), "--save_path",
                       str(tmp_path / "out"), "--device", "cpu", "--num_workers", "0"])
     assert reads.count(str(checkpoint)) == 1
+
+
+def test_an_unknown_command_is_one_line(capsys):
+    from anomaly_clip.cli.main import main
+
+    with pytest.raises(SystemExit) as raised:
+        main(["tset"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert raised.value.code == 2 and len(lines) == 1
+    assert lines[0].startswith("error: unknown command 'tset'; did you mean 'test'?") and "export" in lines[0]

@@ -445,6 +445,31 @@ def test_cli_output_path_and_errors(tmp_path, capsys):
     assert "bmad-retina" in capsys.readouterr().out
 
 
+def test_cli_usage_problems_are_one_line(capsys):
+    for argv in ([], ["folders", "--root", "a", "--split", "test", "--split", "train"], ["--format", "xml"]):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert raised.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+        assert lines[0].endswith("see 'python -m generate_dataset_json --help'")
+
+
+def test_a_second_split_of_a_folder_pair_keeps_the_first(tmp_path, caplog):
+    for folder, shade in (("good", 0), ("defect", 200)):
+        (tmp_path / folder).mkdir()
+        for index in range(2):
+            Image.new("RGB", (16, 16), (shade, index, 0)).save(tmp_path / folder / f"{index}.png")
+    main(["folders", "--root", str(tmp_path), "--normal-dir", "good", "--split", "train", "--class-name", "part"])
+    with caplog.at_level(logging.INFO, logger="generate_dataset_json"):
+        main(["folders", "--root", str(tmp_path), "--normal-dir", "good", "--anomalous-dir", "defect", "--split",
+              "test", "--class-name", "part"])
+    assert "Kept split(s) ['train']" in caplog.text
+    assert [s.label for s in load_samples(tmp_path, split="train")] == [0, 0]
+    assert sorted(s.label for s in load_samples(tmp_path, split="test")) == [0, 0, 1, 1]
+    main(["folders", "--root", str(tmp_path), "--normal-dir", "defect", "--split", "train", "--class-name", "part"])
+    assert len(load_samples(tmp_path, split="test")) == 4  # the named split is replaced, the other kept
+
+
 def test_documentation_lists_every_dataset():
     table = (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()
     assert all(f"| `{name}` |" in table for name in DATASETS)

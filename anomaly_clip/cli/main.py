@@ -1,6 +1,7 @@
 """``anomaly-clip`` (and ``python -m anomaly_clip``): one command, several sub-commands."""
 from __future__ import annotations
 
+import difflib
 import sys
 from importlib import import_module
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -54,8 +55,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if argv and argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(usage())
         return
-    if not argv or argv[0] not in COMMANDS:
-        problem = f"unknown command {argv[0]!r}\n\n" if argv else ""
-        sys.stderr.write(problem + usage())
+    if not argv:
+        sys.stderr.write(usage())
+        raise SystemExit(2)
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        sys.stderr.write(f"error: unknown command {argv[0]!r}; {hint}commands: {', '.join(COMMANDS)}; see "
+                         "'anomaly-clip --help'\n")
         raise SystemExit(2)
     run(argv[0], argv[1:])
