@@ -209,3 +209,12 @@ def test_resolved_train_config_names_the_method_taken_from_the_checkpoint(tiny_r
     assert "method: anomalyclip" in (tmp_path / "train_config.yaml").read_text()
     assert json.loads(json.dumps(torch.load(tmp_path / "epoch_1.pth", weights_only=True)["run_settings"]))[
         "init_checkpoint"] == str(tiny_run)
+
+
+def test_a_failed_run_ends_its_log_with_the_error(synthetic, tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.run("train", ["--tiny", "--train_data_path", synthetic, "--split", "nosuch", "--save_path", str(tmp_path),
+                          *RUN])
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert caught.value.code == 2 and len(error) == 1 and "has no split 'nosuch'" in error[0]
+    assert (tmp_path / "log.txt").read_text().rstrip().endswith(f"ERROR anomaly_clip: {error[0]}")

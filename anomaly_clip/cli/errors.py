@@ -6,6 +6,7 @@ instead, for the full traceback.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -51,6 +52,16 @@ def distributed_timeout(error: BaseException) -> bool:
     return dist.is_available() and dist.is_initialized() and ("timed out" in text or "timeout" in text)
 
 
+def note_in_log_files(line: str) -> None:
+    """Append ``line`` as an ERROR record to the log files a command has already opened (not to the
+    console, which gets the line itself), so a log file never looks like an unfinished run."""
+    root = logging.getLogger()
+    record = root.makeRecord("anomaly_clip", logging.ERROR, __file__, 0, line, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler) and handler.stream is not None:
+            handler.handle(record)
+
+
 def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str], help_command: str = "--help") -> Any:
     """Call ``entry(argv)`` (``--debug`` removed) as a program does: see the module docstring.
     ``entry`` may import the command's modules itself, so an interrupt while they load is caught
@@ -62,6 +73,7 @@ def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str], help
     try:
         return entry(argv)
     except KeyboardInterrupt:
+        note_in_log_files("interrupted")
         sys.stderr.write("interrupted\n")
         raise SystemExit(EXIT_INTERRUPTED) from None
     except USER_ERRORS as error:
@@ -70,6 +82,7 @@ def run_guarded(entry: Callable[[Sequence[str]], Any], argv: Sequence[str], help
         message = error_message(error)
         if isinstance(error, UsageError) and "--help" not in message:
             message += f"; see '{help_command}'"
+        note_in_log_files(f"error: {message}")
         sys.stderr.write(f"error: {message}\n")
         raise SystemExit(EXIT_USER_ERROR) from None
     except RuntimeError as error:
