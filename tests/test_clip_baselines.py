@@ -163,7 +163,7 @@ def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthet
                                       str(output), "--class_name", "fabric", *TINY_FLAGS])
     assert output.is_file() and calibration.method == "clip" and calibration.provenance["checkpoint"] is None
     rows = cli.predict_main(["--method", "clip", "--input", normal, "--calibration", str(output), "--save_path",
-                             str(tmp_path / "p"), *TINY_FLAGS])
+                             str(tmp_path / "p"), *TINY_FLAGS[-4:]])  # the backbone from the calibration
     settings = json.loads((tmp_path / "p" / "predict_settings.json").read_text())
     assert settings["checkpoint"] is None and settings["method"] == "clip" and settings["class_name"] == "fabric"
     assert [row.label for row in rows] == [int(row.score >= calibration.image_threshold) for row in rows]
@@ -174,6 +174,7 @@ def test_calibrate_and_predict_a_training_free_method_without_checkpoint(synthet
     expected = Inferencer(detector).predict_paths(paths, class_names=["fabric"] * len(paths))
     torch.testing.assert_close(torch.tensor([row.score for row in rows]), expected.scores, rtol=1e-5, atol=1e-6)
     assert max(row.score for row in rows) == pytest.approx(calibration.image_threshold, abs=1e-6)
+    assert settings["random_init"] is True and sum(row.label for row in rows) == 0  # q = 1: all normal
 
 
 @pytest.mark.parametrize("method", ["clip", "clip_ac", "winclip", "vand", "coop"])

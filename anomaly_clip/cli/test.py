@@ -79,13 +79,19 @@ def model_source(args):
 
 def training_free_model(args, calibration: Optional[str] = None, data_path: Optional[str] = None):
     """A detector of the training-free ``--method`` (:func:`training_free_method`): the method's
-    defaults with its backbone and method flags applied."""
+    defaults (or the backbone a ``calibration`` file was made with, as a checkpoint carries its
+    own) with its backbone and method flags applied."""
     from .. import api
-    from ..engine.calibration import attach_calibration
+    from ..clip.config import BackboneConfig
+    from ..engine.calibration import Calibration, attach_calibration
 
     method = training_free_method(args)
-    backbone = api.load_backbone(backbone_config(args, method.detector_class.default_backbone_config()),
-                                 device=args.device)
+    base = method.detector_class.default_backbone_config()
+    recorded = Calibration.read(calibration).provenance.get("backbone_config") if calibration is not None else None
+    if recorded:
+        base = BackboneConfig.from_dict(recorded)
+        logger.info("Backbone settings from the calibration %s (flags given here override them)", calibration)
+    backbone = api.load_backbone(backbone_config(args, base), device=args.device)
     detector = api.create_detector(method.name, backbone=backbone,
                                    config=method_config_values(args, method, data_path=data_path))
     if calibration is not None:

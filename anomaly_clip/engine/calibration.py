@@ -394,7 +394,7 @@ def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_q
     record: Dict[str, Any] = {
         "num_images": int(labels.numel()), "num_anomalous": int(labels.sum()), "class_names": outputs.class_names,
         "random_init": bool(detector.backbone.config.random_init), "model_name": detector.backbone.config.model_name,
-        "image_size": detector.image_size, "weights_sha256": weights_fingerprint(detector.trainable_state_dict()),
+        "image_size": detector.image_size, "backbone_config": detector.backbone.config.to_dict(), "weights_sha256": weights_fingerprint(detector.trainable_state_dict()),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if normal_quantile is not None:

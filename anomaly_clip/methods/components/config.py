@@ -49,4 +49,5 @@ class FrozenFeatureTraining:
     def __post_init__(self) -> None:
         check_choice("feature_cache", self.feature_cache, CACHE_MODES)
         if self.epoch < 1 or self.batch_size < 1:
-            raise ValueError(f"need epoch >= 1 and batch_size >= 1, got {self.epoch}, {self.batch_size}")
+            raise ValueError(f"need epoch >= 1 and batch_size >= 1 (--epoch, --batch_size), got epoch={self.epoch}, "
+                             f"batch_size={self.batch_size}")
