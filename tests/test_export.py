@@ -509,6 +509,8 @@ def test_predict_on_onnx_runtime_writes_the_torch_csv(checkpoint, exported_check
     settings = json.loads((tmp_path / "onnx" / "predict_settings.json").read_text())
     assert settings["backend"] == "onnxruntime" and settings["model"] == str(exported_checkpoint)
     assert settings["random_init"] is True and settings["calibration"]["image_threshold"] == 0.55
+    log = (tmp_path / "onnx" / "predict_log.txt").read_text()  # warned as the torch log is
+    assert "exported from a model with random (untrained) CLIP weights" in log
 
 
 @needs_export

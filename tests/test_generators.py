@@ -578,3 +578,11 @@ def test_one_mask_named_after_two_images_is_a_layout_error(tmp_path):
     build(tmp_path, ["a/1.png", "b/1.png"], ["masks/1.png"])
     with pytest.raises(LayoutError, match=r"masks/1\.png <- a/1\.png, b/1\.png"):
         scan_dataset("folders", tmp_path, anomalous_dir=["a", "b"], mask_dir="masks")
+
+
+def test_a_missing_folder_of_a_folder_pair_is_named(tmp_path, capsys):
+    (tmp_path / "good").mkdir()
+    with pytest.raises(SystemExit) as raised:
+        main(["folders", "--root", str(tmp_path), "--normal-dir", "nothere"])
+    error = capsys.readouterr().err.strip()
+    assert raised.value.code == 2 and error == f"error: normal folder {tmp_path / 'nothere'} does not exist"

@@ -272,7 +272,8 @@ class PlainFolders(FolderLayout):
         return f"Masks in {listing(list(self.mask_dirs))} are matched by name: <stem>.<ext> or <stem>_mask.<ext>."
 
     def matches(self, root: Path) -> bool:
-        return any((root / folder).is_dir() for folder in self.normal_dirs + self.anomalous_dirs)
+        """Folders named on the command line always match: :meth:`groups` names any that is missing."""
+        return bool(self.normal_dirs or self.anomalous_dirs)
 
     def groups(self, root: Path) -> Iterator[ImageGroup]:
         if not self.normal_dirs and not self.anomalous_dirs:

@@ -16,6 +16,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ...clip.config import RANDOM_WEIGHTS_WARNING
 from ...extras import require
 from ..calibration import Calibration, attach_calibration
 from ..detector import AnomalyDetector, Prediction
@@ -84,6 +85,8 @@ class OnnxDetector:
             attach_calibration(self, calibration, fingerprint=self.metadata.weights_sha256)
         logger.info("Loaded %s (%s, %s) on ONNX Runtime %s", self.path, self.method_name, self.metadata.precision,
                     used[0])
+        if self.metadata.random_init:
+            logger.warning("%s was exported from a model with %s", self.path, RANDOM_WEIGHTS_WARNING)
 
     # ---- what the inference path asks of a detector ----------------------------------------------
     @property
