@@ -47,6 +47,22 @@ def test_data_of_another_dataset_is_named_and_not_compared():
     assert "not MVTec AD data" in other["image_auroc"].note
 
 
+def test_a_few_shot_run_is_not_compared_with_zero_shot_numbers():
+    """WinCLIP+ / APRIL-GAN few-shot runs record their normal references; the published columns are
+    zero-shot, so such a run gets a note and no delta (before: a delta against zero-shot WinCLIP)."""
+    reference = read_published(PUBLISHED / "winclip.yaml").reference()
+    results = fake_results("winclip", "mvtec", MVTEC_CLASSES)
+    results["settings"]["references"] = {"source": "2", "weight": 0.5,
+                                         "images_per_class": {name: 2 for name in MVTEC_CLASSES}}
+    rows = {row.metric: row for row in compare_run("r", "mvtec", results, reference)}
+    assert rows["image_auroc"].delta is None and rows["image_auroc"].published == reference.value("mvtec",
+                                                                                                    "image_auroc")
+    assert "few-shot (2 normal references per class) against zero-shot published numbers: not comparable" \
+        in rows["image_auroc"].note
+    cells = comparison_cells([MethodRun("winclip", "mvtec", results, reference)])
+    assert all(cell.delta is None and not cell.comparable for cell in cells if cell.evaluated)
+
+
 def test_cells_have_every_method_on_every_dataset_with_its_published_value():
     clip = read_published(PUBLISHED / "clip.yaml").reference()
     vand = read_published(PUBLISHED / "vand.yaml").reference()
@@ -102,6 +118,7 @@ def test_each_baseline_has_a_protocol(monkeypatch):
     parser = build_protocol_parser()
     assert requested_methods(parser.parse(["test", "--methods", "clip", "vand", "--per_class"])) == ("clip", "vand")
     assert requested_methods(parser.parse(["test", "--method", "coop"])) == ("coop",)
+    assert requested_methods(parser.parse(["test", "--methods", "clip", "vand", "clip"])) == ("clip", "vand")
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +187,15 @@ def test_scripts_from_another_folder_compare_every_baseline_in_one_table(caller)
     wrong = run_script("train.sh", caller, METHODS="vand", VISA_ROOT="data/nothing")
     assert wrong.returncode == 2 and f"VISA_ROOT=data/nothing is not a directory ({caller / 'data' / 'nothing'})" \
         in wrong.stderr
+
+
+def test_environment_values_of_the_scripts_are_checked(monkeypatch):
+    from anomaly_clip.cli.settings import ProtocolSettings
+
+    monkeypatch.setenv("METHODS", "clip, clip vand")
+    monkeypatch.setenv("SHOT", "16")
+    settings = ProtocolSettings()
+    assert settings.methods == ("clip", "vand") and settings.shot == 16
+    monkeypatch.setenv("SHOT", "abc")
+    with pytest.raises(ValueError, match=r"\$SHOT must be a whole number >= 0, got 'abc'"):
+        ProtocolSettings()

@@ -338,8 +338,8 @@ def check_flags(stage: str, protocols: Sequence[Protocol], extra: Sequence[str])
 
 
 def requested_methods(args) -> Tuple[str, ...]:
-    """``--methods`` (env METHODS) when given, else ``--method`` (env METHOD)."""
-    return tuple(args.methods) if args.methods else (args.method,)
+    """``--methods`` (env METHODS; each method once) when given, else ``--method`` (env METHOD)."""
+    return tuple(dict.fromkeys(args.methods)) if args.methods else (args.method,)
 
 
 def build_protocol_parser() -> CommandParser:

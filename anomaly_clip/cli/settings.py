@@ -21,7 +21,18 @@ def _environment_flag(name: str) -> bool:
 
 
 def _environment_list(name: str) -> Optional[Tuple[str, ...]]:
-    return tuple(os.environ.get(name, "").replace(",", " ").split()) or None
+    """The words of ``$name`` (spaces or commas), each once in the order given."""
+    return tuple(dict.fromkeys(os.environ.get(name, "").replace(",", " ").split())) or None
+
+
+def _environment_count(name: str) -> int:
+    """``$name`` as a count >= 0 (unset or empty: 0); anything else is a :class:`ValueError` naming it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return 0
+    if not value.isascii() or not value.isdigit():
+        raise ValueError(f"${name} must be a whole number >= 0, got {value!r}")
+    return int(value)
 
 
 @dataclass
@@ -208,7 +219,7 @@ class ProtocolSettings:
                                                       "overrides --method", metavar="METHOD")
     protocol: str = setting(default_factory=lambda: os.environ.get("PROTOCOL") or "zero_shot",
                             help="zero_shot, tn3k, or a protocol file (env PROTOCOL)")
-    shot: int = setting(default_factory=lambda: int(os.environ.get("SHOT") or 0),
+    shot: int = setting(default_factory=lambda: _environment_count("SHOT"),
                         help="AA-CLIP training images per class: 0 = full shot; 2, 16, 64 (env SHOT)")
     published_reference: Optional[str] = setting(default_factory=lambda: os.environ.get("REFERENCE") or None,
                                                  help="published table of the final comparison (default: the "

@@ -143,12 +143,25 @@ def is_random_run(results: Mapping[str, Any]) -> bool:
     return bool(backbone.get("random_init"))
 
 
+def few_shot_problem(results: Mapping[str, Any]) -> Optional[str]:
+    """A run fused with normal references (WinCLIP+, APRIL-GAN's few-shot memory) is k-shot, while
+    every published column compared here is zero-shot (the papers print no WinCLIP+ column)."""
+    references = (results.get("settings", {}) or {}).get("references")
+    if not references:
+        return None
+    counts = sorted(set((references.get("images_per_class") or {}).values()))
+    shots = str(counts[0]) if len(counts) == 1 else "/".join(map(str, counts)) if counts else "some"
+    return f"few-shot ({shots} normal references per class) against zero-shot published numbers: not comparable"
+
+
 def comparison_problem(dataset: str, results: Mapping[str, Any]) -> Optional[str]:
     """Why a run evaluated as ``dataset`` cannot be compared with that dataset's published numbers:
-    its classes are not the dataset's (another dataset behind the root, or a subset); None when
-    they are, or when the dataset registry lists no classes for it
-    (:func:`anomaly_clip.data.registry.published_classes_problem`)."""
-    return published_classes_problem(dataset, list(class_metrics(results)))
+    its classes are not the dataset's (another dataset behind the root, or a subset;
+    :func:`anomaly_clip.data.registry.published_classes_problem`), or it used normal references
+    (:func:`few_shot_problem`); None when it can."""
+    problems = [problem for problem in (published_classes_problem(dataset, list(class_metrics(results))),
+                                        few_shot_problem(results)) if problem]
+    return "; ".join(problems) or None
 
 
 def _run_notes(results: Mapping[str, Any], reference: Optional[Reference], problem: Optional[str]) -> List[str]:
