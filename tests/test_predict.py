@@ -250,3 +250,16 @@ def test_predict_fuses_normal_references(checkpoint, synthetic, tmp_path):
     assert again[0].score == pytest.approx(rows[0].score, abs=1e-6)
     plain = cli.predict_main(base + ["--save_path", str(tmp_path / "plain")])
     assert plain[0].score > 0.01
+
+
+def test_inputs_once_each_and_masks_warned_about(synthetic, tmp_path, caplog, monkeypatch):
+    """A dataset folder given whole holds masks (ground_truth/, *_mask): they are warned about; one
+    file named by a relative and an absolute path is one input (before: two rows, one map file)."""
+    monkeypatch.chdir(Path(synthetic).parent)
+    relative = Path(Path(synthetic).name) / "fabric" / "train" / "good"
+    first = sorted(relative.iterdir())[0]
+    assert expand_inputs([first, first.resolve(), relative]) == sorted(relative.iterdir())
+    with caplog.at_level("WARNING", logger="anomaly_clip.engine.inference"):
+        paths = expand_inputs([f"{synthetic}/fabric"])
+    masks = [path for path in paths if "ground_truth" in path.parts]
+    assert masks and f"{len(masks)} of the {len(paths)} input files look like masks" in caplog.text

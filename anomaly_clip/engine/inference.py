@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import ImageTransform
 from ..data.imaging import IMAGE_SUFFIXES, UnreadableImageError, read_rgb
+from ..data.layouts import is_mask_folder
 from .calibration import Calibration, CalibrationOutputs, Decision, decide
 from .detector import AnomalyDetector, PatchFeatures, Prediction
 from .distributed import is_main_process
@@ -42,11 +43,19 @@ BatchScorer = Callable[[torch.Tensor, Optional[List[str]]], Prediction]
 """``(images, class names) -> Prediction``: the detector's forward, or one fused with normal references."""
 
 
+def looks_like_a_mask(path: Path) -> bool:
+    """Whether an input file is probably a dataset's mask: inside a mask folder
+    (:data:`~anomaly_clip.data.layouts.MASK_FOLDER_NAMES`) or named ``*_mask``."""
+    return path.stem.lower().endswith("_mask") or any(is_mask_folder(part) for part in path.parent.parts)
+
+
 def expand_inputs(inputs: Sequence[str | os.PathLike]) -> List[Path]:
     """Image files named by ``inputs``: files as given, folders searched recursively for image
     suffixes, glob patterns (``**`` included) expanded; sorted within each input, duplicates
-    dropped. A path that does not exist, or a folder/pattern without images, is an error."""
-    found: Dict[Path, None] = {}
+    (also one file named by two paths) dropped. A path that does not exist, or a folder/pattern
+    without images, is an error; files that look like masks (:func:`looks_like_a_mask`, e.g. a
+    dataset folder given whole) are kept and warned about."""
+    found: Dict[Path, Path] = {}
     for item in inputs:
         text = str(item)
         path = Path(text).expanduser()
@@ -60,8 +69,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> List[Path]:
             raise FileNotFoundError(f"input not found: {text}")
         if not matches:
             raise FileNotFoundError(f"no image files in {text} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-        found.update(dict.fromkeys(matches))
-    return list(found)
+        for match in matches:
+            found.setdefault(match.resolve(), match)
+    masks = [path for path in found.values() if looks_like_a_mask(path)]
+    if masks:
+        logger.warning("%d of the %d input files look like masks (in a mask folder or named *_mask), e.g. %s: they "
+                       "are scored as images; give the image folders only", len(masks), len(found), masks[0])
+    return list(found.values())
 
 
 class ImageFiles(Dataset):
