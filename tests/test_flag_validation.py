@@ -208,3 +208,16 @@ def test_a_real_sigint_during_imports_prints_interrupted_and_exits_130(data, tmp
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert one_line(stderr) == "interrupted"
+
+
+def test_output_paths_of_the_wrong_kind_are_named(data, tmp_path, capsys):
+    """A file where a folder is needed (and the reverse) names the path and what to do (before: raw
+    errno text, for the calibration with a temporary file's name)."""
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    images = ["--input", str(Path(data) / "fabric" / "test" / "good"), *TINY]
+    message = fails(capsys, "predict", ["--method", "clip", "--save_path", str(tmp_path / "afile"), *images])
+    assert message == f"error: {tmp_path / 'afile'} is a file, where a folder is needed: choose another output folder"
+    message = fails(capsys, "calibrate", ["--method", "clip", "--normal_quantile", "1", "--output",
+                                          str(tmp_path / "adir"), *images])
+    assert message == f"error: {tmp_path / 'adir'} is a folder, where a file is needed: give a file name"

@@ -29,6 +29,12 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 
 
+# an output path of the wrong kind, as the operating system reports it (with the path it refused)
+PATH_PROBLEMS = {FileExistsError: "is a file, where a folder is needed: choose another output folder",
+                 NotADirectoryError: "lies under a file, not a folder: choose another output folder",
+                 IsADirectoryError: "is a folder, where a file is needed: give a file name"}
+
+
 def error_message(error: BaseException) -> str:
     """The error's message in command-line terms; a DataLoader worker's error keeps only the
     worker's own message, not the traceback PyTorch folds into it."""
@@ -36,6 +42,9 @@ def error_message(error: BaseException) -> str:
 
     if isinstance(error, WeightsError):
         return error.describe(CLI_OPTIONS)
+    path_problem = PATH_PROBLEMS.get(type(error))
+    if path_problem is not None and getattr(error, "filename", None):
+        return f"{error.filename2 or error.filename} {path_problem}"  # filename2: the target of a rename
     message = str(error) or type(error).__name__
     if "\nOriginal Traceback" in message:
         message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]

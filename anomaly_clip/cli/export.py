@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .common import add_backbone_flags, add_method_flags, setup_logging
@@ -48,6 +49,8 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Any:
     setup_logging()
     for name in EXPORTER_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    if Path(args.output).is_dir():  # before minutes of export work
+        raise UsageError(f"--output {args.output} is a folder, where a file is needed: give a file name")
     checkpoint = model_source(args)
     check_exportable(checkpoint.method if checkpoint is not None else args.method)
     require("export")
