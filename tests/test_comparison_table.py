@@ -199,3 +199,19 @@ def test_environment_values_of_the_scripts_are_checked(monkeypatch):
     monkeypatch.setenv("SHOT", "abc")
     with pytest.raises(ValueError, match=r"\$SHOT must be a whole number >= 0, got 'abc'"):
         ProtocolSettings()
+
+
+def test_summarize_refuses_a_results_file_of_another_shape(tmp_path, capsys):
+    """A hand-edited or foreign results.json is one line naming the file and the problem (before:
+    a TypeError traceback, or an empty row and exit 0)."""
+    for name, content, problem in (("bad", {"metrics": "x", "classes": 5, "mean": None}, "'mean' is NoneType"),
+                                   ("other", {"x": 1}, "'mean' is missing"),
+                                   ("rows", {"mean": {}, "classes": [{"x": 1}], "settings": {}},
+                                    "'classes' holds a row without its 'class'")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(content))
+        with pytest.raises(SystemExit) as raised:
+            cli.run("summarize", [str(tmp_path / name), "--layout", "methods"])
+        error = capsys.readouterr().err.strip()
+        assert raised.value.code == 2 and error.count("\n") == 0
+        assert f"{tmp_path / name / 'results.json'} is not a results file of test.py ({problem}" in error

@@ -65,9 +65,28 @@ def read_results(directory: str) -> Dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path} not found: run test.py with --save_path {directory} first")
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); re-run test.py for this folder") from error
+    problem = results_problem(content)
+    if problem:
+        raise UsageError(f"{path} is not a results file of test.py ({problem}); re-run test.py for this folder")
+    return content
+
+
+def results_problem(content: Any) -> Optional[str]:
+    """What keeps ``content`` from being a ``results.json`` written by ``test.py``: a mapping with a
+    ``mean`` mapping of metrics, a ``classes`` list of per-class mappings (each with its ``class``)
+    and a ``settings`` mapping; None when it is one."""
+    if not isinstance(content, dict):
+        return f"a {type(content).__name__}, not a mapping"
+    for key, kind in (("mean", dict), ("classes", list), ("settings", dict)):
+        if not isinstance(content.get(key), kind):
+            found = type(content[key]).__name__ if key in content else "missing"
+            return f"'{key}' is {found}, not a {kind.__name__}"
+    if not all(isinstance(row, dict) and "class" in row for row in content["classes"]):
+        return "'classes' holds a row without its 'class'"
+    return None
 
 
 def _percent(value: Optional[float]) -> str:
