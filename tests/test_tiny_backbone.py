@@ -157,7 +157,7 @@ def test_train_help_says_how_to_see_one_methods_flags():
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert full.returncode == 0
     text = " ".join(full.stdout.split())
-    assert "'train.py --method NAME --help' lists only NAME's" in text and "--tiny" in text
+    assert "'anomaly-clip train --method NAME --help' lists only NAME's" in text and "--tiny" in text
     assert "--n_ctx" in full.stdout and "--text_epoch" in full.stdout
     own = cli.train_main.__globals__["build_train_parser"]("aaclip", only=True).format_help()
     assert "--text_epoch" in own and "--n_ctx" not in own and "--features_list" in own

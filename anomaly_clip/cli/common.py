@@ -217,6 +217,12 @@ def setup_logging(save_path: Optional[str | Path] = None, filename: str = "log.t
                         handlers=handlers, force=True)
 
 
+def program_name(command: str, script: str) -> str:
+    """How the user started ``command``, for help and error lines: ``train.py`` when run as the
+    repository's script, else ``anomaly-clip train``."""
+    return script if Path(sys.argv[0]).name == script else f"anomaly-clip {command}"
+
+
 def method_names() -> List[str]:
     return [method.name for method in registered_methods()]
 

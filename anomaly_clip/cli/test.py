@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
 from .common import (add_backbone_flags, add_method_flags, backbone_config, check_method_flags, data_path_flag,
-                     method_config_values, method_names, plain_settings, setup_logging)
+                     method_config_values, method_names, plain_settings, program_name, setup_logging)
 from .options import CommandParser, UsageError, config_source, dataclass_flags, read_config_file, write_resolved_config
 from .settings import DataSettings, EvaluationSettings, ModelSettings, ReferenceSettings
 
@@ -42,7 +42,7 @@ def checkpoint_command(prog: str, description: str, section: str, groups: Sequen
 
 def build_test_parser() -> CommandParser:
     """The parser of ``test``: model, evaluation, data, normal references, backbone, method flags."""
-    return checkpoint_command("test.py", "Evaluate a trained detector on a dataset.", "test",
+    return checkpoint_command(program_name("test", "test.py"), "Evaluate a trained detector on a dataset.", "test",
                               [(EvaluationSettings, "evaluation"), (DataSettings, "data"),
                                (ReferenceSettings, "few-shot normal references")], data_path=True)
 

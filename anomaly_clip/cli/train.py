@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from ..engine.config import TrainConfig
 from ..engine.registry import find_method
 from .common import (METHOD_HELP, add_backbone_flags, add_method_flags, backbone_config, check_method_flags,
-                     data_path_flag, method_config_values, method_names, plain_settings, setup_logging,
+                     data_path_flag, method_config_values, method_names, plain_settings, program_name, setup_logging,
                      training_settings)
 from .options import (CommandParser, UsageError, config_source, dataclass_flags, read_config_file,
                       write_resolved_config)
@@ -54,8 +54,8 @@ def build_train_parser(method: Optional[str] = None, only: bool = False) -> Comm
     only = only and method is not None
     description = "Train a method's prompts/adapters on a dataset. " + (
         f"Flags of {method} only ('--help' without --method lists every method's)." if only else
-        METHOD_HELP.format(prog="train.py", names=", ".join(names)))
-    command = CommandParser("train.py", description, "train")
+        METHOD_HELP.format(prog=program_name("train", "train.py"), names=", ".join(names)))
+    command = CommandParser(program_name("train", "train.py"), description, "train")
     command.add_argument("--method", title="run", default=None, choices=names,
                          help=f"method to train (default: the --init_checkpoint's, else {names[0]}); "
                               "its own flags: `train.py --method NAME --help`")
