@@ -82,6 +82,11 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     def image_size(self) -> int:
         return self.backbone.config.image_size
 
+    @property
+    def backbone_config(self) -> Dict[str, Any]:
+        """The backbone's settings (:meth:`BackboneConfig.to_dict`), as calibrations and exports record them."""
+        return self.backbone.config.to_dict()
+
     def forward(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
         """Score a batch of preprocessed images (B, 3, S, S), S = :attr:`image_size`.
 
