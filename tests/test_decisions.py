@@ -135,6 +135,26 @@ def test_aaclip_calibration_on_one_image_or_copies_is_refused(models, data, tmp_
     assert not output.exists()
 
 
+@pytest.mark.parametrize("copies", [1, 3])
+def test_a_calibration_on_one_distinct_score_is_warned_about(models, data, tmp_path, capsys, copies):
+    """Other methods than AA-CLIP can be calibrated on one image or copies of one (their score
+    needs no range), but the quantile of a single distinct score says nothing of a spread: a warning."""
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for index in range(copies):
+        shutil.copy(data / "fabric" / "train" / "good" / "000.png", folder / f"{index}.png")
+    capsys.readouterr()
+    run("calibrate", [str(a) for a in ["--checkpoint_path", models["anomalyclip"], "--input", folder,
+                                       "--normal_quantile", "0.5", "--output", tmp_path / "c.json", *TINY]])
+    warned = [line for line in capsys.readouterr().out.splitlines() if "single distinct score" in line]
+    assert len(warned) == 1 and f"The {copies} calibration images used for the quantile give" in warned[0]
+    assert (tmp_path / "c.json").is_file()
+    run("calibrate", [str(a) for a in ["--checkpoint_path", models["anomalyclip"], "--input",
+                                       data / "fabric" / "train" / "good", "--normal_quantile", "0.5", "--output",
+                                       tmp_path / "two.json", *TINY]])
+    assert "single distinct score" not in capsys.readouterr().out
+
+
 def test_a_stored_degenerate_calibration_is_refused_or_left_unused(models, data, tmp_path, capsys):
     degenerate = Calibration("aaclip", image_threshold=0.5).to_dict()
     degenerate["score_statistics"] = {"score_low": 0.4, "score_high": 0.4, "map_low": -1.0, "map_high": 2.0}
@@ -208,6 +228,61 @@ def test_class_name_and_image_size_must_match_the_calibration(models, data, tmp_
     predicted = _predict(models["anomalyclip"], data, tmp_path / "d", "--calibration", plain, "--class_name",
                          "washer")  # object-agnostic prompts: the class name changes nothing
     assert all(row["label"] in ("0", "1") for row in predicted)
+
+
+def test_a_calibration_belongs_to_its_backbone(models, data, tmp_path, capsys):
+    """The backbone settings that change scores (model, pretrained tag, random init, activation,
+    position resize) are compared like the image size: an explicit calibration made with another
+    backbone is refused, a sidecar left unused. For a training-free method the backbone is all
+    there is to compare (its weights fingerprint is that of nothing). A calibration written before
+    the backbone was recorded is not compared on it."""
+    gelu = [*TINY, "--activation", "gelu"]
+    calibration = _calibrate(models["anomalyclip"], data, tmp_path / "quick.json")
+    assert Calibration.read(calibration).provenance["backbone_config"]["activation"] == "quick_gelu"
+    message = fails(capsys, "predict", ["--checkpoint_path", models["anomalyclip"], "--input", data / "fabric",
+                                        "--save_path", tmp_path / "a", "--calibration", calibration, *gelu])
+    assert "backbone activation 'gelu' (calibrated with 'quick_gelu')" in message
+    shutil.copy(calibration, sidecar_path(models["anomalyclip"]))
+    try:
+        unused = _predict(models["anomalyclip"], data, tmp_path / "b", "--activation", "gelu")
+        used = _predict(models["anomalyclip"], data, tmp_path / "c")
+    finally:
+        sidecar_path(models["anomalyclip"]).unlink()
+    assert "not using it" in capsys.readouterr().out
+    assert all(row["label"] == "" for row in unused) and all(row["label"] in ("0", "1") for row in used)
+    free = tmp_path / "clip.json"
+    run("calibrate", [str(a) for a in ["--method", "clip", "--data_path", data, "--output", free, *TINY]])
+    predict_clip = ["--method", "clip", "--input", data / "fabric" / "test", "--class_name", "fabric",
+                    "--calibration", free]
+    message = fails(capsys, "predict", [*predict_clip, "--save_path", tmp_path / "d", *gelu])
+    assert "backbone activation 'gelu'" in message
+    message = fails(capsys, "predict", [*predict_clip, "--save_path", tmp_path / "e", *TINY,
+                                        "--pos_embed_interpolation", "bicubic"])
+    assert "backbone pos_embed_interpolation 'bicubic' (calibrated with" in message
+    older = Calibration.read(free)
+    del older.provenance["backbone_config"]
+    older.save(tmp_path / "older.json")
+    run("predict", [str(a) for a in [*predict_clip[:-1], tmp_path / "older.json", "--save_path", tmp_path / "f",
+                                     *gelu]])
+    assert all(row["label"] in ("0", "1") for row in rows(tmp_path / "f" / "predictions.csv"))
+
+
+def test_calibration_images_that_are_normal_references_are_left_out(models, data, tmp_path, capsys):
+    """As in ``test``: a reference scores ~0 against itself, so the calibration images that are
+    also normal references are left out with a warning (``--data_path``), and a calibration set
+    made only of references (``--input`` = ``--reference_images``) is one ``error:`` line."""
+    calibration = _calibrate(models["anomalyclip"], data, tmp_path / "train.json", "--split", "train",
+                             "--reference_images", "1", "--normal_quantile", "1")
+    out = capsys.readouterr().out
+    assert "2 of the calibration images are normal references of the memory bank" in out
+    assert "left out of the calibration, which covers the other 2 images" in out
+    assert Calibration.read(calibration).provenance["num_images"] == 2
+    good = data / "fabric" / "train" / "good"
+    output = tmp_path / "same.json"
+    message = fails(capsys, "calibrate", ["--checkpoint_path", models["anomalyclip"], "--input", good,
+                                          "--reference_images", good, "--class_name", "fabric",
+                                          "--normal_quantile", "1", "--output", output, *TINY])
+    assert "every one of the 2 calibration images is a normal reference" in message and not output.exists()
 
 
 def test_aaclip_without_a_class_name_says_which_anchors_it_uses(models, data, tmp_path, capsys):

@@ -556,6 +556,71 @@ def test_calibration_at_export_is_carried_and_used(aaclip_checkpoint, exported_a
         load_onnx(exported_aaclip.path, device="cpu", calibration=tmp_path / "other.json")
 
 
+def _with_provenance(calibration: Calibration, path: Path, **changes) -> Path:
+    """``calibration`` saved at ``path`` with its provenance updated by ``changes``."""
+    changed = Calibration.from_dict(calibration.to_dict())
+    changed.provenance.update(changes)
+    changed.save(path)
+    return path
+
+
+@needs_export
+def test_onnx_runtime_checks_the_inference_settings_of_a_calibration(aaclip_checkpoint, exported_aaclip, synthetic,
+                                                                     tmp_path, capsys):
+    """The rule of the PyTorch backend: a ``--calibration`` made at another image size, on another
+    class, with normal references or on another backbone than the exported graph's is refused in
+    one line; the one made with the graph's settings is used."""
+    calibration = Calibration.read(sidecar_path(aaclip_checkpoint))
+    exported = calibration.provenance["backbone_config"]["activation"]
+    other = "quick_gelu" if exported == "gelu" else "gelu"
+    backbone = dict(calibration.provenance["backbone_config"], activation=other)
+    cases = {"size": ({"image_size": 112}, f"image size {SIZE} (calibrated at 112)"),
+             "class": ({"class_name": "washer", "class_names": ["washer"]}, "(calibrated on 'washer')"),
+             "references": ({"references": {"weight": 0.5, "images": 2, "sha256": "0" * 64}},
+                            "no normal references (calibrated with them fused in)"),
+             "backbone": ({"backbone_config": backbone}, f"backbone activation {exported!r} (calibrated with {other!r})")}
+    for name, (changes, phrase) in cases.items():
+        other = _with_provenance(calibration, tmp_path / f"{name}.json", **changes)
+        with pytest.raises(ValueError, match="other inference settings") as error:
+            load_onnx(exported_aaclip.path, device="cpu", calibration=other)
+        assert phrase in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--backend", "onnxruntime", "--model", str(exported_aaclip.path), "--calibration",
+              str(tmp_path / "size.json"), "--input", f"{synthetic}/fabric/test", "--save_path", str(tmp_path / "out"),
+              "--device", "cpu", "--num_workers", "0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "image size 56 (calibrated at 112)" in lines[0]
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    same = _with_provenance(calibration, tmp_path / "same.json")
+    assert load_onnx(exported_aaclip.path, device="cpu", calibration=same).calibration == calibration
+
+
+@needs_export
+def test_export_embeds_only_a_calibration_of_its_settings(aaclip_checkpoint, tmp_path, capsys):
+    """Export at another class than the sidecar's: the sidecar is left out with a warning (the
+    graph's metadata holds no calibration); the same file given with ``--calibration`` is refused
+    in one line and nothing is written; :func:`export_onnx` refuses it too."""
+    output = tmp_path / "washer.onnx"
+    capsys.readouterr()
+    result = cli.export_main(["--checkpoint_path", str(aaclip_checkpoint), "--class_name", "washer",
+                              "--output", str(output)])
+    assert result.metadata.class_name == "washer" and result.metadata.calibration is None
+    assert read_metadata(output).calibration is None
+    warned = [line for line in capsys.readouterr().out.splitlines() if "WARNING" in line and "not using it" in line]
+    assert len(warned) == 1 and "'washer' (calibrated on 'screw')" in warned[0]
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--checkpoint_path", str(aaclip_checkpoint), "--calibration",
+              str(sidecar_path(aaclip_checkpoint)), "--class_name", "washer", "--output", str(refused)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "'washer' (calibrated on 'screw')" in lines[0]
+    assert not refused.exists()
+    detector = anomaly_clip.load(aaclip_checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="other inference settings"):
+        export_onnx(detector, tmp_path / "api.onnx", class_name="washer")
+    assert not (tmp_path / "api.onnx").exists()
+
+
 @needs_export
 def test_differences_beyond_tolerance_are_a_warning(exported_checkpoint, caplog):
     close = ExportResult(exported_checkpoint, read_metadata(exported_checkpoint), 2e-7, 3e-6, FLOAT32_TOLERANCE)

@@ -258,6 +258,40 @@ def test_train_py_then_test_py_with_both_checkpoint_formats(synthetic_root, tmp_
     assert json.loads((tmp_path / "few" / "results.json").read_text())["settings"]["method"] == "vand"
 
 
+def test_few_shot_predict_without_a_calibration_says_its_image_score_is_zero_shot(detector, synthetic_root,
+                                                                                tmp_path, capsys):
+    """APRIL-GAN's few-shot image score normalises the map maxima over a class: ``predict`` scores
+    images one by one, so without a calibration made with the references it gives the zero-shot
+    text probability, and says so; with such a calibration the fused score, and no warning."""
+    checkpoint = save_checkpoint(tmp_path / "vand.pth", detector)
+    references = f"{synthetic_root}/fabric/train/good"
+    common = ["--checkpoint_path", str(checkpoint), "--input", f"{synthetic_root}/fabric/test", "--class_name",
+              "fabric", "--device", "cpu", "--num_workers", "0"]
+    zero_shot = cli.predict_main([*common, "--save_path", str(tmp_path / "zero")])
+    capsys.readouterr()
+    few = cli.predict_main([*common, "--reference_images", references, "--save_path", str(tmp_path / "few")])
+    warned = [line for line in capsys.readouterr().out.splitlines() if "few-shot image score needs" in line]
+    assert len(warned) == 1 and "the image score is the zero-shot text probability" in warned[0]
+    assert [row.score for row in few] == [row.score for row in zero_shot]
+    calibration = tmp_path / "fused.json"
+    cli.calibrate_main(["--checkpoint_path", str(checkpoint), "--data_path", synthetic_root, "--class_name", "fabric",
+                        "--reference_images", references, "--output", str(calibration), "--device", "cpu",
+                        "--num_workers", "0"])
+    capsys.readouterr()
+    fused = cli.predict_main([*common, "--reference_images", references, "--calibration", str(calibration),
+                              "--save_path", str(tmp_path / "fused")])
+    assert "few-shot image score needs" not in capsys.readouterr().out
+    assert [row.score for row in fused] != [row.score for row in zero_shot]
+
+
+def test_reference_weight_help_describes_vand():
+    """The flag's help is true for every method: VAND's image score does not follow W."""
+    from anomaly_clip.cli.settings import ReferenceSettings
+
+    help_text = ReferenceSettings.__dataclass_fields__["reference_weight"].metadata["help"]
+    assert "VAND" in help_text and "whatever W" in help_text
+
+
 def test_default_backbone_is_the_official_one():
     config = VANDDetector.default_backbone_config()
     assert (config.model_name, config.activation, config.image_size, config.pos_embed_interpolation) == \

@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 from .common import setup_logging
 from .options import CommandParser, UsageError
 from .settings import CalibrateSettings, DataSettings, ImageSettings, ReferenceSettings
-from .test import checkpoint_command, load_model, model_source, reference_bank
+from .test import checkpoint_command, load_model, model_source, reference_bank, without_references
 
 # the reference flags predict has (calibrate takes the same ones)
 REFERENCE_FLAGS = ("reference_images", "reference_weight", "save_reference_bank")
@@ -66,18 +66,21 @@ def calibrate_main(argv: Optional[Sequence[str]] = None) -> Any:
     output = Path(args.output) if args.output else sidecar_path(args.checkpoint_path)
     setup_logging(output.parent, "calibrate_log.txt")
     detector = load_model(args, data_path=args.data_path, checkpoint=checkpoint)
+    bank = reference_bank(args, detector, args.data_path, args.class_name)
     if args.input is not None:
         note_class_choice(detector, args.class_name)
-        paths = expand_inputs(args.input)
-        dataset = AnomalyDataset(image_level_samples(paths, args.class_name), "/", image_size=detector.image_size,
-                                 mask_interpolation=detector.mask_interpolation, image_level_only=True)
+        root = "/"
+        samples = image_level_samples(expand_inputs(args.input), args.class_name)
         source = {"inputs": [str(p) for p in args.input]}
     else:
+        root = args.data_path
         samples = load_samples(args.data_path, split=args.split, metadata=args.metadata)
-        dataset = AnomalyDataset(samples, args.data_path, image_size=detector.image_size,
-                                 mask_interpolation=detector.mask_interpolation)
         source = {"data_path": str(args.data_path), "split": args.split, "metadata": args.metadata}
-    bank = reference_bank(args, detector, args.data_path, args.class_name)
+    if bank is not None:  # as test does: a reference scores ~0 against itself
+        samples = without_references(samples, root, bank, task="calibration")
+    dataset = AnomalyDataset(samples, root, image_size=detector.image_size,
+                             mask_interpolation=detector.mask_interpolation,
+                             image_level_only=True if args.input is not None else None)
     scorer = partial(predict_with_references, detector, bank=bank, weight=args.reference_weight) if bank else None
     outputs = collect_outputs(detector, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                               precision=args.precision, class_name=args.class_name,

@@ -43,6 +43,7 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Any:
     checkpoint) is exportable before the model is built, load it, export; return the
     :class:`~anomaly_clip.engine.export.ExportResult`."""
     args = build_export_parser().parse(list(sys.argv[1:] if argv is None else argv))
+    from ..engine.calibration import check_inference_settings, sidecar_path
     from ..engine.export import check_exportable, export_onnx
     from ..extras import require
 
@@ -57,9 +58,16 @@ def export_main(argv: Optional[Sequence[str]] = None) -> Any:
     detector = load_model(args, calibration=args.calibration, checkpoint=checkpoint)
     class_name = args.class_name
     if class_name is None and detector.calibration is not None:
-        class_name = detector.calibration.provenance.get("class_name")
-        if class_name:
-            logger.info("Class name %r from the calibration", class_name)
+        class_name = detector.calibration.provenance.get("class_name") or None
+    # the graph scores without normal references, at the export's size and class: a calibration made
+    # otherwise is refused when asked for, left out with a warning when only found beside the checkpoint
+    source = args.calibration or (str(sidecar_path(args.checkpoint_path)) if args.checkpoint_path else "given")
+    detector.calibration = check_inference_settings(detector, detector.calibration, source, class_name, None,
+                                                    required=args.calibration is not None)
+    if detector.calibration is None:
+        class_name = args.class_name
+    elif class_name and not args.class_name:
+        logger.info("Class name %r from the calibration", class_name)
     return export_onnx(detector, args.output, class_name=class_name, half=args.half)
 
 

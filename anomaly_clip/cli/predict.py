@@ -82,6 +82,12 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         calibration = check_inference_settings(detector, calibration,
                                                args.calibration or (str(sidecar_path(args.checkpoint_path)) if args.checkpoint_path else None),
                                                class_name, references, required=args.calibration is not None)
+        if bank is not None and detector.few_shot_score_needs_calibration and not (
+                calibration and calibration.score_statistics):
+            logger.warning("%s's few-shot image score needs the score statistics of a calibration made with these "
+                           "normal references (anomaly-clip calibrate with the same --reference_images and "
+                           "--reference_weight): without one, the image score is the zero-shot text probability, "
+                           "unchanged by the references (the maps do fuse them)", detector.method_name)
     calibration = calibration or Calibration(method=detector.method_name)
     calibration = calibration.with_thresholds(args.image_threshold, args.pixel_threshold, args.map_range)
     paths = expand_inputs(args.input)

@@ -107,7 +107,9 @@ class ReferenceSettings:
     reference_class: Optional[str] = setting(None, "class of the images directly in a --reference_images DIR",
                                              aliases=("class_name",))
     reference_weight: float = setting(0.5, "map = (1-W) text map + W reference map; score likewise with the "
-                                           "reference map's maximum", metavar="W")
+                                           "reference map's maximum. VAND (APRIL-GAN): map = 2 x that, image score "
+                                           "0.5 x (text probability + min-max normalised map maximum) whatever W "
+                                           "(docs/baselines.md)", metavar="W")
     reference_split: str = setting("train", "split the K references come from")
     reference_seed: int = setting(0, "seed of the choice of K references per class")
     save_reference_bank: Optional[str] = setting(None, "write the memory bank to FILE, for --reference_images FILE "

@@ -154,17 +154,21 @@ def reference_bank(args, detector, data_path: Optional[str], class_name: Optiona
     return bank
 
 
-def without_references(samples: list, root: str, bank) -> list:
+def without_references(samples: list, root: str, bank, task: str = "evaluation") -> list:
     """``samples`` less the images the memory ``bank`` was built from, with a warning naming how
-    many: a reference matches itself exactly, so its map would be ~0 and its score meaningless."""
+    many: a reference matches itself exactly, so its map would be ~0 and its score meaningless.
+    ``task``: ``evaluation`` (``test``) or ``calibration`` (``calibrate``), as the messages say;
+    ``ValueError`` when nothing is left."""
     used = {str(Path(path).resolve()) for paths in bank.sources.values() for path in paths}
     kept = [sample for sample in samples if str((Path(root) / sample.image_path).resolve()) not in used]
-    if len(kept) < len(samples):
-        logger.warning("%d of the evaluated images are normal references of the memory bank (%s): they are left "
-                       "out of the evaluation, which covers the other %d images", len(samples) - len(kept),
-                       ", ".join(f"{len(paths)} of {name}" for name, paths in bank.sources.items()), len(kept))
+    images = "evaluated images" if task == "evaluation" else f"{task} images"
     if not kept:
-        raise ValueError("every evaluated image is a normal reference: nothing is left to evaluate")
+        raise ValueError(f"every one of the {len(samples)} {images} is a normal reference of the memory bank: nothing "
+                         f"is left for the {task}; use other images, or other normal references")
+    if len(kept) < len(samples):
+        logger.warning("%d of the %s are normal references of the memory bank (%s): they are left out of the %s, "
+                       "which covers the other %d images", len(samples) - len(kept), images,
+                       ", ".join(f"{len(paths)} of {name}" for name, paths in bank.sources.items()), task, len(kept))
     return kept
 
 

@@ -16,11 +16,12 @@ found on maps at model resolution and applied to maps upsampled to the original 
 NaN or infinite score or map value is never decided on (:class:`NonFiniteError`).
 
 A calibration also records the inference settings that set the scale of the scores: image size,
-the class names whose text the detector used (for detectors whose outputs depend on them, see
+backbone (:data:`BACKBONE_SCORE_SETTINGS`), the class names whose text the detector used (for detectors whose outputs depend on them, see
 :meth:`~anomaly_clip.engine.detector.AnomalyDetector.class_text`) and the normal references fused
 in (their images and weight). Used with other settings, its thresholds would decide on another
 scale: :func:`check_inference_settings` refuses an explicitly given calibration and leaves a
-sidecar unused, with a warning, as :func:`attach_calibration` does for other weights.
+sidecar unused, with a warning, as :func:`attach_calibration` does for other weights; the PyTorch
+detector, an exported graph on ONNX Runtime and ``export`` all apply it.
 """
 from __future__ import annotations
 
@@ -276,15 +277,32 @@ def references_record(sources: Mapping[str, Sequence[str]], weight: float) -> Di
     return {"weight": float(weight), "images": len(pairs), "sha256": digest}
 
 
-def inference_differences(calibration: Calibration, detector: "AnomalyDetector", class_name: Optional[str],
+BACKBONE_SCORE_SETTINGS = ("model_name", "pretrained", "random_init", "activation", "pos_embed_interpolation")
+"""The backbone settings that change scores and that a calibration is compared on (the image size is
+compared on its own; a weights file's path is not comparable across machines)."""
+
+
+def inference_differences(calibration: Calibration, detector: Any, class_name: Optional[str],
                           references: Optional[Mapping[str, Any]]) -> List[str]:
-    """How the settings of a prediction (image size, class name, normal references) differ from
-    those ``calibration`` was made with, as phrases; empty when its thresholds apply."""
+    """How the settings of a prediction (image size, backbone, class name, normal references) differ
+    from those ``calibration`` was made with, as phrases; empty when its thresholds apply.
+
+    ``detector``: an :class:`~anomaly_clip.engine.detector.AnomalyDetector` or an exported model
+    (:class:`~anomaly_clip.engine.export.OnnxDetector`); both give ``image_size``,
+    ``backbone_config`` (a :meth:`BackboneConfig.to_dict`) and ``class_text(name)``. The backbone
+    is compared on :data:`BACKBONE_SCORE_SETTINGS`, only when the calibration records it
+    (``backbone_config``, absent from calibrations written before it was recorded)."""
     record = calibration.provenance
     differences = []
     size = record.get("image_size")
     if size is not None and int(size) != detector.image_size:
         differences.append(f"image size {detector.image_size} (calibrated at {size})")
+    recorded_backbone = record.get("backbone_config")
+    if recorded_backbone:
+        current = detector.backbone_config
+        for name in BACKBONE_SCORE_SETTINGS:
+            if name in recorded_backbone and recorded_backbone[name] != current.get(name):
+                differences.append(f"backbone {name} {current.get(name)!r} (calibrated with {recorded_backbone[name]!r})")
     key = detector.class_text(class_name)
     names = record.get("class_names") or ([record["class_name"]] if record.get("class_name") else [])
     if key is not None and names and key not in {detector.class_text(name) for name in names}:
@@ -302,11 +320,11 @@ def inference_differences(calibration: Calibration, detector: "AnomalyDetector",
     return differences
 
 
-def check_inference_settings(detector: "AnomalyDetector", calibration: Optional[Calibration], source: str,
+def check_inference_settings(detector: Any, calibration: Optional[Calibration], source: str,
                              class_name: Optional[str], references: Optional[Mapping[str, Any]],
                              required: bool) -> Optional[Calibration]:
-    """``calibration`` when it was made with the settings of this prediction, else (see the module
-    docstring) a :class:`ValueError` when it was asked for (``required``), or None with a warning
+    """``calibration`` when it was made with the settings of this prediction (:func:`inference_differences`;
+    ``detector`` a detector or an exported model), else (see the module docstring) a :class:`ValueError` when it was asked for (``required``), or None with a warning
     when it was only found beside the checkpoint."""
     if calibration is None:
         return None
@@ -391,6 +409,12 @@ def calibrate(detector: "AnomalyDetector", outputs: CalibrationOutputs, normal_q
     scores = detector.image_scores(outputs.scores, outputs.map_peaks, outputs.map_floors, statistics).float()
     labels = outputs.labels
     normal = ~labels
+    used = scores[normal] if normal_quantile is not None else scores
+    if used.numel() and float(used.max() - used.min()) <= RESCORE_TOLERANCE * float(used.abs().max()):
+        logger.warning("The %d calibration images %sgive a single distinct score (%.6g; one image, or copies of one): "
+                       "the threshold says nothing of how the scores of other images spread; calibrate on several "
+                       "different images", used.numel(), "used for the quantile " if normal_quantile is not None
+                       else "", float(used[0]))
     record: Dict[str, Any] = {
         "num_images": int(labels.numel()), "num_anomalous": int(labels.sum()), "class_names": outputs.class_names,
         "random_init": bool(detector.backbone.config.random_init), "model_name": detector.backbone.config.model_name,

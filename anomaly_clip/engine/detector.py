@@ -49,6 +49,10 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     associates_references: ClassVar[bool] = False
     """True: the method owns its few-shot association (:meth:`set_references`: WinCLIP+, APRIL-GAN's
     memory) instead of the engine's fusion of :mod:`anomaly_clip.engine.references`."""
+    few_shot_score_needs_calibration: ClassVar[bool] = False
+    """True: with normal references, the per-image score (:meth:`image_scores`) needs the score
+    statistics of a calibration made with them, and is the zero-shot score without one (APRIL-GAN,
+    whose fusion normalises the map maxima over a class); ``predict`` warns then."""
     calibration: Optional[Any] = None
     """The post-processor (:class:`~anomaly_clip.engine.calibration.Calibration`) found beside a
     loaded checkpoint (thresholds, score statistics); the inferencer uses it, :meth:`forward` never does."""
@@ -81,6 +85,11 @@ class AnomalyDetector(nn.Module, metaclass=ABCMeta):
     @property
     def image_size(self) -> int:
         return self.backbone.config.image_size
+
+    @property
+    def backbone_config(self) -> Dict[str, Any]:
+        """The backbone's settings (:meth:`BackboneConfig.to_dict`), as calibrations and exports record them."""
+        return self.backbone.config.to_dict()
 
     def forward(self, images: torch.Tensor, class_names: Optional[Sequence[str]] = None) -> Prediction:
         """Score a batch of preprocessed images (B, 3, S, S), S = :attr:`image_size`.

@@ -33,7 +33,7 @@ from ... import __version__
 from ...data.dataset import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ...extras import MissingExtraError, require
 from ...files import atomic_path
-from ..calibration import weights_fingerprint
+from ..calibration import check_inference_settings, weights_fingerprint
 from ..detector import AnomalyDetector
 from ..registry import find_method, registered_methods
 from .metadata import INPUT_NAME, OUTPUT_NAMES, ExportMetadata
@@ -169,7 +169,9 @@ def export_onnx(detector: AnomalyDetector, path: str | os.PathLike, class_name: 
     reproduced PyTorch within :func:`output_tolerances` (a warning otherwise).
 
     Raises ``ValueError`` for a method that is not exportable, a detector holding normal
-    references (WinCLIP+, APRIL-GAN's memory) or a class it cannot score,
+    references (WinCLIP+, APRIL-GAN's memory) or a class it cannot score, a calibration made with
+    other inference settings than the graph's (image size, backbone, class, normal references:
+    :func:`~anomaly_clip.engine.calibration.check_inference_settings`),
     :class:`~anomaly_clip.extras.MissingExtraError` without the ``export`` extra or with a torch
     older than the dynamo-based exporter (:func:`check_exporter`), ``RuntimeError``
     if the exporter fixed the batch axis (nothing is written then).
@@ -192,6 +194,7 @@ def export_onnx(detector: AnomalyDetector, path: str | os.PathLike, class_name: 
         elif text is None and class_name is not None:
             logger.info("%s's text does not depend on the class: class name %r not needed", detector.method_name,
                         class_name)
+        check_inference_settings(detector, detector.calibration, "of the detector", class_name, None, required=True)
         metadata = export_metadata(detector, class_name, half)
         graph = DetectorGraph(detector).eval()
         expected = graph(example)  # also computes the class's text buffers before the capture

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
 from ...clip.config import RANDOM_WEIGHTS_WARNING
 from ...extras import require
-from ..calibration import Calibration, attach_calibration
+from ..calibration import Calibration, attach_calibration, check_inference_settings
 from ..detector import AnomalyDetector, Prediction
 from ..registry import find_method
 from .metadata import INPUT_NAME, OUTPUT_NAMES, ExportMetadata
@@ -81,8 +81,12 @@ class OnnxDetector:
         self.config = self.method.config_class.from_dict(self.metadata.method_config)
         stored = self.metadata.calibration
         self.calibration: Optional[Calibration] = Calibration.from_dict(stored) if stored is not None else None
+        self.calibration = check_inference_settings(self, self.calibration, f"stored in {self.path}",
+                                                    self.metadata.class_name, None, required=False)
         if calibration is not None:
             attach_calibration(self, calibration, fingerprint=self.metadata.weights_sha256)
+            self.calibration = check_inference_settings(self, self.calibration, str(calibration),
+                                                        self.metadata.class_name, None, required=True)
         logger.info("Loaded %s (%s, %s) on ONNX Runtime %s", self.path, self.method_name, self.metadata.precision,
                     used[0])
         if self.metadata.random_init:
@@ -96,6 +100,27 @@ class OnnxDetector:
     @property
     def image_size(self) -> int:
         return self.metadata.image_size
+
+    @property
+    def backbone_config(self) -> Dict[str, Any]:
+        """The exported backbone's settings (:meth:`BackboneConfig.to_dict`, from the metadata)."""
+        return self.metadata.backbone_config
+
+    def class_text(self, class_name: Optional[str] = None) -> Optional[str]:
+        """What the graph's text encodes for images of ``class_name`` (None: the exported class):
+        the exported text for the exported class; the graph cannot tell another class's text,
+        so another name stands for itself (``_`` read as a space) and never matches the exported
+        text unless it spells it. None when the method's text does not depend on the class."""
+        if self.metadata.class_text is None:
+            return None
+        if class_name is None or self.same_class(class_name):
+            return self.metadata.class_text
+        return class_name.replace("_", " ")
+
+    def same_class(self, class_name: str) -> bool:
+        """Whether ``class_name`` is the exported class (``_`` read as a space)."""
+        exported = self.metadata.class_name
+        return exported is not None and class_name.replace("_", " ") == str(exported).replace("_", " ")
 
     @property
     def device(self) -> torch.device:

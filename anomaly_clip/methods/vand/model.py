@@ -97,6 +97,7 @@ class VANDDetector(ClassAwareText, AnomalyDetector):
 
     config_class = VANDConfig
     associates_references = True
+    few_shot_score_needs_calibration = True
 
     def __init__(self, backbone: CLIPBackbone, config: VANDConfig):
         super().__init__(backbone, config)
