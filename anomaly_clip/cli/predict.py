@@ -79,9 +79,9 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
         note_class_choice(detector, class_name)
         bank = reference_bank(args, detector, None, args.class_name)
         references = references_record(bank.sources, args.reference_weight) if bank is not None else None
-        calibration = check_inference_settings(detector, calibration,
-                                               args.calibration or (str(sidecar_path(args.checkpoint_path)) if args.checkpoint_path else None),
-                                               class_name, references, required=args.calibration is not None)
+        stored = str(sidecar_path(args.checkpoint_path)) if args.checkpoint_path else None
+        calibration = check_inference_settings(detector, calibration, args.calibration or stored, class_name,
+                                               references, required=args.calibration is not None)
         if bank is not None and detector.few_shot_score_needs_calibration and not (
                 calibration and calibration.score_statistics):
             logger.warning("%s's few-shot image score needs the score statistics of a calibration made with these "
@@ -115,7 +115,8 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> List:
     if not is_main_process():
         written.raise_for_failures()
         return rows
-    table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv", warning=random_weights_mark(random_init))
+    table = write_predictions_csv(rows, Path(args.save_path) / "predictions.csv",
+                                  warning=random_weights_mark(random_init))
     source = {"model": str(args.model)} if onnx else {
         "checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None}
     settings = {"backend": backend, **source, "method": detector.method_name, "inputs": list(args.input),
