@@ -64,22 +64,35 @@ def _size(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+# below this much free space an error that carries no errno may well be a full disk
+LOW_FREE_SPACE = 256 * 1024 ** 2
+
+
 def write_failure(paths: Sequence[PathLike], error: BaseException) -> OSError:
     """The :class:`OSError` of a failed write of ``paths`` (one folder), in one line: the writer's
-    reason and the free space of the file system (``torch.save`` on a full disk says only
-    ``unexpected pos ...``)."""
+    reason, and for a full disk the free space of the file system with advice (``torch.save`` on
+    a full disk says only ``unexpected pos ...``).
+
+    A full disk is an ``ENOSPC``/``EDQUOT`` error, ``torch.save``'s stream-writer error, or an
+    ``OSError`` without errno (as Pillow's encoders raise) while less than
+    :data:`LOW_FREE_SPACE` is free. Any other error keeps its own reason without disk advice
+    (Pillow's ``broken data stream`` for a picture wider than JPEG allows once read "is the disk
+    full?" with 60 GiB free)."""
     paths = [Path(p) for p in paths]
     target = str(paths[0]) if len(paths) == 1 else f"{', '.join(p.name for p in paths)} in {paths[0].parent}"
     reason = " ".join(str(error).split()) or type(error).__name__
     code = getattr(error, "errno", None)
-    if code not in (None, errno.ENOSPC, errno.EDQUOT):
+    try:
+        free_bytes = shutil.disk_usage(paths[0].parent).free
+    except OSError:
+        free_bytes = None
+    full = code in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError) or (
+        code is None and (free_bytes is None or free_bytes < LOW_FREE_SPACE))
+    if not full:
         failure = OSError(f"cannot write {target} ({reason})")
         failure.errno = code
         return failure
-    try:
-        free = f"{_size(shutil.disk_usage(paths[0].parent).free)} free there"
-    except OSError:
-        free = "free space unknown"
+    free = f"{_size(free_bytes)} free there" if free_bytes is not None else "free space unknown"
     failure = OSError(f"cannot write {target} ({reason}); {free}: is the disk full? Free space or choose another "
                       "output folder")
     failure.errno = code or errno.ENOSPC
