@@ -135,6 +135,36 @@ def test_device_cuda_without_a_gpu_is_one_line(data, checkpoints, tmp_path, caps
     assert "--device gpu is not a device" in message
 
 
+REFERENCE_COUNT_PROBLEM = "K must be a positive integer, or a folder of normal images or a saved bank file"
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "2.5", " 2", "\u00b2"])
+def test_a_bad_reference_count_is_one_line_saying_what_k_may_be(data, tmp_path, capsys, monkeypatch, value):
+    """``-1``, ``2.5``, `` 2`` were reported as a missing reference folder, ``²`` as ``int()``'s error."""
+    monkeypatch.chdir(tmp_path)
+    message = fails(capsys, "test", ["--method", "clip", "--data_path", data, "--reference_images", value,
+                                     "--save_path", tmp_path / "run", *TINY])
+    assert message == f"error: --reference_images {value!r}: {REFERENCE_COUNT_PROBLEM}"
+
+
+@pytest.mark.parametrize("line", ["reference_images: -1", "reference_images: 2.5"])
+def test_a_bad_reference_count_in_a_config_file_is_one_line(data, tmp_path, capsys, line):
+    config = write_config(tmp_path, f"test:\n  {line}\n")
+    message = fails(capsys, "test", ["--config", config, "--method", "clip", "--data_path", data,
+                                     "--save_path", tmp_path / "run", *TINY])
+    assert REFERENCE_COUNT_PROBLEM in message
+
+
+def test_reference_sources_are_told_apart(tmp_path, monkeypatch):
+    from anomaly_clip.engine.references import reference_count
+
+    monkeypatch.chdir(tmp_path)
+    assert reference_count("2") == 2 and reference_count(3) == 3
+    assert reference_count("refs/fabric") is None and reference_count("bank.pt") is None
+    (tmp_path / "2.5").mkdir()
+    assert reference_count("2.5") is None                   # an existing folder of that name is a folder
+
+
 # ---- usage errors: one line and where the help is --------------------------------------------------
 
 @pytest.mark.parametrize("command, argv, problem", [
