@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -246,9 +249,6 @@ def test_animated_gif_scores_its_first_frame_with_a_warning_naming_it(tmp_path, 
 def test_predict_warns_once_about_an_animated_gif_with_loader_workers(tmp_path, checkpoint, monkeypatch):
     """The warning was printed twice in one ``predict``: tqdm.auto called ``iter()`` on the
     DataLoader twice, so two sets of workers decoded the first batches."""
-    import subprocess
-    import sys
-
     _animation(tmp_path / "clip.gif")
     iterators = []
     real_iter = torch.utils.data.DataLoader.__iter__
@@ -260,7 +260,7 @@ def test_predict_warns_once_about_an_animated_gif_with_loader_workers(tmp_path, 
     done = subprocess.run([sys.executable, "-m", "anomaly_clip", "predict", "--checkpoint_path", str(checkpoint),
                            "--input", str(tmp_path / "clip.gif"), "--save_path", str(tmp_path / "out"),
                            "--num_workers", "2", "--device", "cpu"], capture_output=True, text=True, cwd=repo,
-                          env={**__import__("os").environ, "PYTHONPATH": str(repo)}, timeout=300)
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (done.stdout + done.stderr).count("has 2 frames") == 1
 
