@@ -27,7 +27,7 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 logger = logging.getLogger(__name__)
@@ -64,22 +64,35 @@ def _size(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
+# below this much free space an error that carries no errno may well be a full disk
+LOW_FREE_SPACE = 256 * 1024 ** 2
+
+
 def write_failure(paths: Sequence[PathLike], error: BaseException) -> OSError:
     """The :class:`OSError` of a failed write of ``paths`` (one folder), in one line: the writer's
-    reason and the free space of the file system (``torch.save`` on a full disk says only
-    ``unexpected pos ...``)."""
+    reason, and for a full disk the free space of the file system with advice (``torch.save`` on
+    a full disk says only ``unexpected pos ...``).
+
+    A full disk is an ``ENOSPC``/``EDQUOT`` error, ``torch.save``'s stream-writer error, or an
+    ``OSError`` without errno (as Pillow's encoders raise) while less than
+    :data:`LOW_FREE_SPACE` is free. Any other error keeps its own reason without disk advice
+    (Pillow's ``broken data stream`` for a picture wider than JPEG allows once read "is the disk
+    full?" with 60 GiB free)."""
     paths = [Path(p) for p in paths]
     target = str(paths[0]) if len(paths) == 1 else f"{', '.join(p.name for p in paths)} in {paths[0].parent}"
     reason = " ".join(str(error).split()) or type(error).__name__
     code = getattr(error, "errno", None)
-    if code not in (None, errno.ENOSPC, errno.EDQUOT):
+    try:
+        free_bytes = shutil.disk_usage(paths[0].parent).free
+    except OSError:
+        free_bytes = None
+    full = code in (errno.ENOSPC, errno.EDQUOT) or not isinstance(error, OSError) or (
+        code is None and (free_bytes is None or free_bytes < LOW_FREE_SPACE))
+    if not full:
         failure = OSError(f"cannot write {target} ({reason})")
         failure.errno = code
         return failure
-    try:
-        free = f"{_size(shutil.disk_usage(paths[0].parent).free)} free there"
-    except OSError:
-        free = "free space unknown"
+    free = f"{_size(free_bytes)} free there" if free_bytes is not None else "free space unknown"
     failure = OSError(f"cannot write {target} ({reason}); {free}: is the disk full? Free space or choose another "
                       "output folder")
     failure.errno = code or errno.ENOSPC
@@ -141,11 +154,60 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
-def read_error_reason(error: BaseException) -> str:
-    """One line saying why a torch file did not load: the global a refused pickle would import,
-    else the first sentence of the reader's message."""
+# how much of a file :func:`not_a_torch_file` parses as a pickle (the first pickle of a torch file is small)
+_PICKLE_PREFIX = 1 << 20
+# what pickletools says of a pickle that ends too soon
+_TRUNCATED_PICKLE = ("exhausted before seeing STOP", "but only", "not enough data", "no newline found")
+
+
+def not_a_torch_file(path: PathLike) -> Optional[str]:
+    """Why the file at ``path`` cannot be a torch file, or None when it may be one.
+
+    Torch files are zip archives (``torch.save``, TorchScript) or, in the legacy format, begin
+    with a pickle; a file that is neither (random bytes, a web page saved by a failed download)
+    is named by its first bytes, without running anything (:mod:`pickletools` only parses). A
+    pickle of protocol 2 or later (how torch's pickles begin) cut off before its end, and an empty
+    file, are reported as truncated; ``.safetensors`` files are not judged here."""
+    import io
+    import pickletools
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(_PICKLE_PREFIX)
+    except OSError:
+        return None
+    if size == 0:
+        return "the file is empty: maybe truncated by an interrupted copy or download"
+    if head.startswith(b"PK"):
+        return None
+    try:
+        for _ in pickletools.genops(io.BytesIO(head)):
+            pass
+        return None
+    except Exception as error:  # noqa: BLE001 - any parse failure means "not a pickle"
+        torch_pickle = len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5  # PROTO 2-5: how torch's begin
+        if torch_pickle and any(marker in str(error) for marker in _TRUNCATED_PICKLE):
+            if len(head) < size:
+                return None
+            return (f"a pickle that ends after {size} bytes, before its end: maybe truncated by an interrupted copy or "
+                    "download")
+    return (f"not a torch file (it starts with {head[:32]!r}): neither a zip archive nor a pickle; maybe a web page "
+            "saved by a failed download, or another kind of file")
+
+
+def read_error_reason(error: BaseException, path: Optional[PathLike] = None) -> str:
+    """One line saying why a torch file did not load: for a ``path`` that is no torch file at all
+    (:func:`not_a_torch_file`), what it starts with; else the global a refused pickle would
+    import, else the first sentence of the reader's message."""
     import pickle
 
+    problem = not_a_torch_file(path) if path is not None else None
+    if problem is not None:
+        return problem
     if isinstance(error, pickle.UnpicklingError):
         found = _UNSUPPORTED_GLOBAL.search(str(error))
         what = f"would import {found.group(1)}" if found else "holds pickle instructions beyond plain data"
@@ -176,7 +238,7 @@ def read_torch_file(path: PathLike, role: str = "checkpoint", allowed: Sequence[
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every reader failure means the same to the user
         raise ValueError(f"{role} {path} ({path.stat().st_size} bytes) cannot be loaded: "
-                         f"{read_error_reason(error)}") from None
+                         f"{read_error_reason(error, path)}") from None
 
 
 # ---- a lock on an output folder -----------------------------------------------------------------

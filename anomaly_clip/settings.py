@@ -12,15 +12,17 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 
 def setting(default: Any = MISSING, help: str = "", aliases: Sequence[str] = (), flag: bool = True,
-            default_factory: Any = MISSING, metavar: Optional[str] = None, choices: Optional[Sequence[Any]] = None) -> Any:
+            default_factory: Any = MISSING, metavar: Optional[str] = None, choices: Optional[Sequence[Any]] = None,
+            minimum: Optional[float] = None) -> Any:
     """A dataclass field with the command-line facts of its flag.
 
     ``aliases`` are former names (``levels`` for ``features_list``): the flag accepts them and a
     checkpoint or config file that stored a value under one of them still loads. ``flag=False``
-    keeps a field out of the command line (values only a file or the API sets).
+    keeps a field out of the command line (values only a file or the API sets). ``minimum``: the
+    smallest value the command line accepts (``--batch_size``: 1), checked when flags are parsed.
     """
     metadata = {"help": help, "aliases": tuple(aliases), "flag": flag, "metavar": metavar,
-                "choices": tuple(choices) if choices is not None else None}
+                "choices": tuple(choices) if choices is not None else None, "minimum": minimum}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)

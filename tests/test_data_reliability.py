@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +244,31 @@ def test_animated_gif_scores_its_first_frame_with_a_warning_naming_it(tmp_path, 
     assert np.array_equal(first, still)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and str(tmp_path / "clip.gif") in warned[0] and "2 frames" in warned[0]
+
+
+def test_predict_warns_once_about_an_animated_gif_with_loader_workers(tmp_path, checkpoint, monkeypatch):
+    """The warning was printed twice in one ``predict``: tqdm.auto called ``iter()`` on the
+    DataLoader twice, so two sets of workers decoded the first batches."""
+    _animation(tmp_path / "clip.gif")
+    iterators = []
+    real_iter = torch.utils.data.DataLoader.__iter__
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", lambda self: iterators.append(1) or real_iter(self))
+    rows = inference.predict_files(_loaded(checkpoint), [tmp_path / "clip.gif"], num_workers=2)
+    assert len(rows) == 1 and rows[0].score is not None and len(iterators) == 1
+    monkeypatch.undo()
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "anomaly_clip", "predict", "--checkpoint_path", str(checkpoint),
+                           "--input", str(tmp_path / "clip.gif"), "--save_path", str(tmp_path / "out"),
+                           "--num_workers", "2", "--device", "cpu"], capture_output=True, text=True, cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout + done.stderr).count("has 2 frames") == 1
+
+
+def _loaded(checkpoint):
+    from anomaly_clip.engine.checkpoint import load
+
+    return load(checkpoint, device="cpu")
 
 
 def test_a_folder_of_gifs_is_a_folder_of_images(tmp_path):

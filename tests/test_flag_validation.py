@@ -135,6 +135,83 @@ def test_device_cuda_without_a_gpu_is_one_line(data, checkpoints, tmp_path, caps
     assert "--device gpu is not a device" in message
 
 
+REFERENCE_COUNT_PROBLEM = "K must be a positive integer, or a folder of normal images or a saved bank file"
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "2.5", " 2", "\u00b2"])
+def test_a_bad_reference_count_is_one_line_saying_what_k_may_be(data, tmp_path, capsys, monkeypatch, value):
+    """``-1``, ``2.5``, `` 2`` were reported as a missing reference folder, ``²`` as ``int()``'s error."""
+    monkeypatch.chdir(tmp_path)
+    message = fails(capsys, "test", ["--method", "clip", "--data_path", data, "--reference_images", value,
+                                     "--save_path", tmp_path / "run", *TINY])
+    assert message == f"error: --reference_images {value!r}: {REFERENCE_COUNT_PROBLEM}"
+
+
+@pytest.mark.parametrize("line", ["reference_images: -1", "reference_images: 2.5"])
+def test_a_bad_reference_count_in_a_config_file_is_one_line(data, tmp_path, capsys, line):
+    config = write_config(tmp_path, f"test:\n  {line}\n")
+    message = fails(capsys, "test", ["--config", config, "--method", "clip", "--data_path", data,
+                                     "--save_path", tmp_path / "run", *TINY])
+    assert REFERENCE_COUNT_PROBLEM in message
+
+
+def test_reference_sources_are_told_apart(tmp_path, monkeypatch):
+    from anomaly_clip.engine.references import reference_count
+
+    monkeypatch.chdir(tmp_path)
+    assert reference_count("2") == 2 and reference_count(3) == 3
+    assert reference_count("refs/fabric") is None and reference_count("bank.pt") is None
+    (tmp_path / "2.5").mkdir()
+    assert reference_count("2.5") is None                   # an existing folder of that name is a folder
+
+
+@pytest.mark.parametrize("values, count", [(["0", "1", "2"], 3), (["0", "1", "0", "2"], 4), (["0.5"], 1)])
+def test_map_range_takes_exactly_two_values(data, checkpoints, tmp_path, capsys, monkeypatch, values, count):
+    """``--map_range 0 1 2`` was ``too many values to unpack (expected 2)``, after the images were scored."""
+    monkeypatch.chdir(tmp_path)
+    message = fails(capsys, "predict", ["--checkpoint_path", checkpoints["anomalyclip"], "--input", data,
+                                        "--save_path", tmp_path / "out", "--overlays", "--map_range", *values, *TINY])
+    assert message.startswith(f"error: --map_range takes exactly 2 values (LOW HIGH), got {count}: {' '.join(values)}")
+    assert list(tmp_path.iterdir()) == []
+    config = write_config(tmp_path, "predict:\n  map_range: [0, 1, 2]\n")
+    message = fails(capsys, "predict", ["--config", config, "--checkpoint_path", checkpoints["anomalyclip"], "--input",
+                                        data, "--save_path", tmp_path / "out", *TINY])
+    assert message.startswith(f"error: {config}: map_range takes exactly 2 values (LOW HIGH), got 3")
+    from anomaly_clip.cli.predict import build_predict_parser
+
+    help_text = build_predict_parser().format_help()
+    assert "--map_range LOW HIGH" in help_text and "LOW HIGH [" not in help_text   # no longer suggests pairs
+    parsed = build_predict_parser().parse(["--input", "x", "--map_range", "-1", "2.5"])
+    assert list(parsed.map_range) == [-1.0, 2.5]
+
+
+@pytest.mark.parametrize("command, argv, flag", [
+    ("predict", ["--input", "DATA", "--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    ("test", ["--data_path", "DATA", "--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    ("calibrate", ["--data_path", "DATA", "--batch_size", "-3"], "--batch_size must be at least 1, got -3"),
+    ("test", ["--data_path", "DATA", "--num_workers", "-1"], "--num_workers must be at least 0, got -1"),
+])
+def test_impossible_batch_sizes_and_workers_are_one_line_before_any_work(data, checkpoints, tmp_path, capsys,
+                                                                         monkeypatch, command, argv, flag):
+    """``predict --batch_size 0`` said ``block must be >= 1, got 0``; test and calibrate gave torch's
+    own text, after the model was loaded."""
+    monkeypatch.chdir(tmp_path)
+    argv = [data if arg == "DATA" else arg for arg in argv]
+    output = ["--output", tmp_path / "c.json"] if command == "calibrate" else ["--save_path", tmp_path / "out"]
+    message = fails(capsys, command, ["--checkpoint_path", checkpoints["anomalyclip"], *argv, *output,
+                                      *[arg for arg in TINY if arg not in ("--num_workers", "0")]])
+    assert message.startswith(f"error: {flag}; see ") and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "null\n"])
+def test_an_empty_config_file_is_one_line_naming_it(data, tmp_path, capsys, text):
+    """An empty file was ``Unexpected config:; see 'test.py --help'``."""
+    config = write_config(tmp_path, text)
+    message = fails(capsys, "test", ["--config", config, "--method", "clip", "--data_path", data,
+                                     "--save_path", tmp_path / "run", *TINY])
+    assert message.startswith(f"error: {config} is empty: it holds no settings")
+
+
 # ---- usage errors: one line and where the help is --------------------------------------------------
 
 @pytest.mark.parametrize("command, argv, problem", [

@@ -21,8 +21,8 @@ from anomaly_clip.engine import outputs
 from anomaly_clip.engine.evaluation import PredictionWriter
 from anomaly_clip.engine.outputs import (MAX_NAME_BYTES, OutputWriteError, OutputWriter, UniqueNames, is_safe_file_name,
                                          safe_file_name)
-from anomaly_clip.engine.visualization import (NO_MASK_NOTE, NO_PIXEL_THRESHOLD_NOTE, RANDOM_WEIGHTS_NOTE, ColourScale,
-                                               PanelContent, anomaly_panel)
+from anomaly_clip.engine.visualization import (NO_MASK_NOTE, NO_PIXEL_THRESHOLD_NOTE, PANEL_MAX_SIDE, RANDOM_WEIGHTS_NOTE,
+                                               ColourScale, PanelContent, anomaly_panel)
 
 RUN = ["--device", "cpu", "--num_workers", "0"]
 LONG = "a" * 248  # a legal file name of 252 bytes with ".png"; adding ".npz" used to exceed the 255-byte limit
@@ -259,6 +259,47 @@ def test_predict_outputs_from_long_unicode_and_colliding_file_names(tmp_path):
     assert float(stored["score"]) == pytest.approx(by_path[str(inputs / "défaut ü.png")].score)
     with Image.open(overlays[0]) as overlay:
         assert overlay.format == "PNG"
+
+
+@pytest.mark.parametrize("shape", [(1, 2000), (3, 1000), (1, 100_000), (2000, 1)])
+def test_panels_of_extreme_aspect_ratios_stay_bounded(shape):
+    """A 1 x 2000 px image was enlarged 256 times into a 1.5-million-px-wide panel (9.4 GB of memory);
+    a 3 x 1000 one exceeded JPEG's 65535 px limit."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+    anomaly_map = rng.random(shape, dtype=np.float32)
+    panel = anomaly_panel(image, anomaly_map, (0.0, 1.0), PanelContent(header=["score 0.5"], pixel_threshold=0.5,
+                                                                       predicted_mask=anomaly_map >= 0.5))
+    assert panel.shape[1] <= 3 * PANEL_MAX_SIDE + 8 and panel.shape[0] <= PANEL_MAX_SIDE + 400
+    column = (panel.shape[1] - 8) // 3
+    if shape[1] > shape[0]:
+        assert column == PANEL_MAX_SIDE                  # the long side capped, not dropped
+
+
+def test_predict_overlays_of_extreme_aspect_ratios_are_bounded_jpegs(tiny_checkpoint, tmp_path):
+    inputs = tmp_path / "thin"
+    inputs.mkdir()
+    rng = np.random.default_rng(1)
+    for name, shape in {"line.png": (1, 2000), "thin.png": (3, 1000)}.items():
+        Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(inputs / name)
+    cli.predict_main(["--checkpoint_path", str(tiny_checkpoint), "--input", str(inputs), "--save_path",
+                      str(tmp_path / "out"), "--overlays", *RUN])
+    for name in ("line.png", "thin.png"):
+        with Image.open(tmp_path / "out" / "overlays" / f"{name}.jpg") as overlay:
+            assert overlay.format == "JPEG" and overlay.width <= 3 * PANEL_MAX_SIDE + 8 and overlay.height < 1000
+
+
+def test_an_encoder_error_is_not_called_a_full_disk(tmp_path):
+    """Pillow raises its encoder errors as OSError without errno; they were reported as 'is the disk
+    full?' with 60 GiB free."""
+    from anomaly_clip.files import atomic_path
+
+    with pytest.raises(OSError) as caught:
+        with atomic_path(tmp_path / "x.jpg") as temporary:
+            Image.new("RGB", (70_000, 1)).save(temporary, format="JPEG")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {tmp_path / 'x.jpg'} (") and "disk full" not in message
+    assert "free there" not in message and list(tmp_path.iterdir()) == []
 
 
 def test_random_weight_marks_on_every_output(tiny_checkpoint, awkward_dataset, tmp_path):

@@ -104,6 +104,41 @@ def test_bad_weights_file_names_the_file_and_the_fix(tiny_backbone, tmp_path, ki
     assert "--weights FILE" in caught.value.describe(CLI_OPTIONS)
 
 
+@pytest.mark.parametrize("content, start", [
+    (np.random.default_rng(1).bytes(5000), None),
+    (b"<html><head><title>404 Not Found</title></head><body>nope</body></html>\n", "<html><head><title>404 Not Found"),
+    (b"hello world\n", "hello world"),
+])
+def test_a_file_that_is_no_torch_file_is_named_by_its_start_not_as_a_malicious_pickle(tiny_backbone, tmp_path, content,
+                                                                                    start):
+    """Random bytes and a saved error page were refused as "pickle instructions beyond plain data (a
+    Python object or code)", as if the file were malicious; a short text file read ``(101: maybe
+    truncated ...)``."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(InvalidWeightsError) as caught:
+        load_backbone(tiny_config(random_init=False, weights_path=str(path)))
+    message = str(caught.value)
+    assert f"CLIP weights file {path} ({len(content)} bytes)" in message
+    assert "not a torch file (it starts with b'" in message and "failed download" in message
+    assert "pickle instructions" not in message and "Python object or code" not in message
+    if start is not None:
+        assert start in message
+    with pytest.raises(ValueError, match=r"^checkpoint .* cannot be loaded: not a torch file \(it starts with"):
+        read_checkpoint(path)
+
+
+def test_a_cut_off_legacy_torch_file_is_called_truncated(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"weight": torch.zeros(3)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:5])
+    with pytest.raises(ValueError, match="before its end: maybe truncated by an interrupted copy or download"):
+        read_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="the file is empty: maybe truncated"):
+        read_checkpoint(path)
+
+
 def test_uncached_weights_without_network_fail_at_once(no_network, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="could not be reached") as caught:
         load_backbone(BackboneConfig(cache_dir=str(tmp_path)))

@@ -169,6 +169,17 @@ def test_resuming_with_another_architecture_is_one_line_naming_the_difference(da
     assert difference in message
 
 
+def test_init_checkpoint_with_another_architecture_is_one_line_naming_the_difference(data, tmp_path, capsys):
+    """``--init_checkpoint`` with ``--n_ctx 4`` on a checkpoint trained with 12 was a
+    ``load_state_dict`` size-mismatch traceback."""
+    checkpoint = train(data, tmp_path / "first", "--epoch", "1", *ANOMALYCLIP_TRAIN)
+    message = fails(capsys, "train", ["--train_data_path", data, "--save_path", tmp_path / "second", "--epoch", "1",
+                                      "--init_checkpoint", checkpoint, *ANOMALYCLIP_TRAIN, "--n_ctx", "4"])
+    assert message.startswith(f"error: --init_checkpoint {checkpoint} does not fit this run: it was trained with ")
+    assert "n_ctx=12 (this run: 4)" in message and "without --init_checkpoint" in message
+    assert train(data, tmp_path / "third", "--epoch", "1", "--init_checkpoint", checkpoint, *ANOMALYCLIP_TRAIN).is_file()
+
+
 # ---- one run per folder -----------------------------------------------------------------------------
 
 HOLD_THE_LOCK = textwrap.dedent("""

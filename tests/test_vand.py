@@ -169,6 +169,31 @@ def test_official_checkpoint_round_trip(detector, tiny_backbone, tmp_path):
         load(path, backbone=tiny_backbone, method_config={"features_list": (12, 24)})
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state.update({"fc.0.weight": "hello"}),
+     r"hold values that are not tensors: fc.0.weight \(str\); it is damaged or not an APRIL-GAN file"),
+    (lambda state: state.update({"fc.1.bias": [0.0, 1.0]}), r"not tensors: fc.1.bias \(list\)"),
+    (lambda state: state.pop("fc.3.bias"), r"do not match the 4 of this configuration \(missing \['fc.3.bias'\]\)"),
+    (lambda state: state.pop("fc.0.weight"), r"missing \['fc.0.weight'\]\): it is incomplete or damaged"),
+])
+def test_a_damaged_official_file_is_one_line_naming_the_keys(detector, tiny_backbone, synthetic_root, tmp_path, capsys,
+                                                           damage, message):
+    """A non-tensor value was an ``AttributeError`` traceback; a missing key read "holds 4 linear
+    layers, this configuration has 4"."""
+    state = dict(detector.official_checkpoints()["official.pth"]["trainable_linearlayer"])
+    damage(state)
+    path = tmp_path / "damaged.pth"
+    torch.save({"trainable_linearlayer": state}, path)
+    with pytest.raises(ValueError, match=message):
+        load(path, backbone=tiny_backbone)
+    with pytest.raises(SystemExit) as caught:
+        cli.run("test", ["--method", "vand", "--checkpoint_path", str(path), "--data_path", synthetic_root,
+                         "--save_path", str(tmp_path / "out"), *TINY_FLAGS])
+    stderr = capsys.readouterr().err
+    assert caught.value.code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_mosaic_replaces_images_by_four_tiles_of_their_class(synthetic_root):
     samples = load_samples(synthetic_root, split="test")
     base = AnomalyDataset(samples, synthetic_root, image_size=56)

@@ -73,7 +73,9 @@ def expand_variables(value: Any) -> Any:
 
 
 def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
-    """The mapping in a YAML file; a missing file, bad YAML or a non-mapping is a :class:`ConfigError`."""
+    """The mapping in a YAML file; a missing or empty file (nothing but comments, or ``null``), bad
+    YAML or a non-mapping is a :class:`ConfigError` naming the file (an empty one was jsonargparse's
+    ``Unexpected config:``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -82,7 +84,8 @@ def read_config_file(path: str | os.PathLike) -> Dict[str, Any]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     if content is None:
-        return {}
+        raise ConfigError(f"{path} is empty: it holds no settings (give a mapping such as 'epoch: 5', or drop "
+                          "--config)")
     if not isinstance(content, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not a {type(content).__name__}")
     return content
@@ -132,6 +135,8 @@ class Flag:
     kwargs: Dict[str, Any]
     group: str
     choices: Optional[Tuple[Any, ...]] = None
+    length: Optional[int] = None  # a fixed number of values (a field ``Tuple[float, float]``: 2)
+    minimum: Optional[float] = None  # the smallest value accepted (``setting(minimum=...)``)
 
 
 @dataclass
@@ -151,6 +156,7 @@ def field_flag(item: Any, hints: Mapping[str, Any], default: Any, help_default: 
     """The :class:`Flag` of dataclass field ``item`` with the given default."""
     annotation = _unwrap_optional(hints[item.name])
     metadata = item.metadata
+    length = None
     aliases = tuple(metadata.get("aliases", ()))
     names = [spelling for name in (item.name, *aliases) for spelling in spellings(name)]
     kwargs: Dict[str, Any] = {"dest": item.name, "default": default}
@@ -159,8 +165,15 @@ def field_flag(item: Any, hints: Mapping[str, Any], default: Any, help_default: 
     if annotation is bool:
         kwargs["action"] = "store_true"
     elif origin in (tuple, list):
-        element = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+        arguments = typing.get_args(annotation)
+        element = arguments[0] if arguments else str
         kwargs.update(type=element, nargs="+")
+        if origin is tuple and len(arguments) > 1 and Ellipsis not in arguments:
+            length = len(arguments)
+            kwargs["nargs"] = length
+            names_of_values = tuple(str(metadata.get("metavar", "")).split())
+            if len(names_of_values) == length:
+                kwargs["metavar"] = names_of_values
     elif origin in (dict, Mapping) or annotation is dict:
         kwargs["type"] = str
     else:
@@ -170,12 +183,12 @@ def field_flag(item: Any, hints: Mapping[str, Any], default: Any, help_default: 
         kwargs["choices"] = list(choices)
         if kwargs.get("type") is str:
             del kwargs["type"]
-    if metadata.get("metavar"):
+    if metadata.get("metavar") and "metavar" not in kwargs:
         kwargs["metavar"] = metadata["metavar"]
     if help_default is not None:
         text = f"{text} (default {help_default})"
     kwargs["help"] = text or " "
-    return Flag(item.name, names, kwargs, group, tuple(choices) if choices else None)
+    return Flag(item.name, names, kwargs, group, tuple(choices) if choices else None, length, metadata.get("minimum"))
 
 
 def dataclass_flags(cls: type, group: str, none_defaults: bool = False, skip: Iterable[str] = (),
@@ -216,7 +229,7 @@ def flag_kind(flag: Flag) -> Tuple[Optional[type], bool]:
     kwargs = flag.kwargs
     if kwargs.get("action") in ("store_true", "store_false"):
         return bool, False
-    many = kwargs.get("nargs") in ("+", "*")
+    many = kwargs.get("nargs") in ("+", "*") or flag.length is not None
     kind = kwargs.get("type", str if "choices" in kwargs or not kwargs.get("action") else None)
     return (kind if kind in _KINDS else None), many
 
@@ -266,7 +279,38 @@ def flag_value(flag: Flag, key: str, value: Any, source: str) -> Any:
         bad = next(item for item in items if not _convertible(kind, item))
         what = f"{_KINDS[kind]} or a list of {_PLURALS[kind]}" if many else _KINDS[kind]
         raise ConfigError(f"{source}: {key} must be {what}, got {bad!r} ({type(bad).__name__})") from None
+    if flag.length is not None and len(converted) != flag.length:
+        raise ConfigError(f"{source}: {key} takes {_count_of(flag)}, got {len(converted)}: {items}")
     return converted if many else converted[0]
+
+
+def _count_of(flag: Flag) -> str:
+    """``2 values (LOW HIGH)``: how many values a fixed-length flag takes."""
+    metavar = flag.kwargs.get("metavar")
+    names = f" ({' '.join(metavar)})" if isinstance(metavar, tuple) else ""
+    return f"exactly {flag.length} values{names}"
+
+
+def check_value_counts(argv: Sequence[str], table: FlagTable) -> None:
+    """A fixed-length flag (``--map_range LOW HIGH``) followed by another number of values than it
+    takes is a :class:`UsageError` naming it (before: ``too many values to unpack``, or argparse's
+    ``unrecognized arguments: 2``). Values are the tokens after the flag that convert to its type."""
+    for flag in table.flags.values():
+        if flag.length is None:
+            continue
+        kind = flag.kwargs.get("type", str)
+        for index, token in enumerate(argv):
+            name, equals, attached = token.partition("=")
+            if name not in flag.names:
+                continue
+            values = [attached] if equals else []
+            for following in argv[index + 1:]:
+                if equals or following.startswith("--") or not _convertible(kind, following):
+                    break
+                values.append(following)
+            if len(values) != flag.length:
+                raise UsageError(f"{name} takes {_count_of(flag)}, got {len(values)}"
+                                 f"{': ' + ' '.join(values) if values else ''}")
 
 
 def _convertible(kind: Optional[type], value: Any) -> bool:
@@ -417,6 +461,10 @@ class CommandParser:
                 from_files.update(self.check_values(section_values(path, self.section), path))
         self._unset = {}
         try:
+            check_value_counts(rest, self.table)
+        except UsageError as error:
+            raise UsageError(f"{error}; see '{self.parser.prog} --help'") from None
+        try:
             namespace = self.parser.parse_args(configs + rest)
         except ConfigError:
             raise
@@ -425,8 +473,19 @@ class CommandParser:
             message = usage_message(str(error), self.table)
             raise (ConfigError if configs else UsageError)(f"{message}; see '{self.parser.prog} --help'") from None
         self._check_unset(configs, rest)
+        self._check_minimums(namespace)
         self._apply_presets(namespace, from_files, rest)
         return namespace
+
+    def _check_minimums(self, namespace: Namespace) -> None:
+        """A value below its flag's minimum (``--batch_size 0``, ``--num_workers -1``) is one line
+        naming the flag, before the command does any work (before: ``block must be >= 1`` or
+        torch's own text, after the model was loaded)."""
+        for flag in self.table.flags.values():
+            value = namespace.get(flag.dest) if flag.minimum is not None else None
+            if value is not None and not isinstance(value, bool) and value < flag.minimum:
+                raise UsageError(f"{flag.names[0]} must be at least {flag.minimum:g}, got {value}; "
+                                 f"see '{self.parser.prog} --help'")
 
     def _apply_presets(self, namespace: Namespace, from_files: Mapping[str, Any], rest: List[str]) -> None:
         """Reset the config-file values of the settings an active preset replaces (:meth:`add_preset`)."""

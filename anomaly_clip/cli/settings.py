@@ -41,7 +41,7 @@ class RunSettings:
 
     device: str = setting("auto", "cuda, cuda:1, cpu, or auto (CUDA when present)")
     precision: str = setting("auto", "auto: bf16/fp16 autocast on GPU, fp32 on CPU", choices=PRECISIONS)
-    num_workers: int = setting(2, "data-loading worker processes")
+    num_workers: int = setting(2, "data-loading worker processes", minimum=0)
     dist_timeout: float = setting(DIST_TIMEOUT_S, "under torchrun: seconds a process waits for the others at a "
                                                   "synchronisation point before the run stops with an error (a "
                                                   "stopped or hung process)", metavar="SECONDS")
@@ -87,7 +87,7 @@ class EvaluationSettings:
     aupro: str = setting("compat", "AUPRO definition: compat = 200 thresholds as in the published tables, exact = "
                                    "MVTec benchmark integral (or one registered with "
                                    "anomaly_clip.metrics.register_aupro)")
-    batch_size: int = setting(8, "evaluation batch size")
+    batch_size: int = setting(8, "evaluation batch size", minimum=1)
     save_predictions: Optional[str] = setting(None, "write one .npz per class (paths, labels, scores, maps)",
                                               metavar="DIR")
     visualize: bool = setting(False, "write one panel per image under SAVE_PATH/heatmaps/<class>: image | map with "
@@ -131,7 +131,7 @@ class ImageSettings:
 
     class_name: Optional[str] = setting(None, "class of the images scored (e.g. 'screw'): AA-CLIP's text anchors "
                                               "and the class of --reference_images; AnomalyCLIP ignores it")
-    batch_size: int = setting(8, "images per forward pass")
+    batch_size: int = setting(8, "images per forward pass", minimum=1)
 
 
 @dataclass
@@ -153,8 +153,8 @@ class PredictSettings:
     overlays: bool = setting(False, "write image | heatmap with colour bar | predicted-mask outline panels with score "
                                     "and decision")
     overlay_format: str = setting("jpg", "file format of the overlays (png: lossless, larger)", choices=OVERLAY_FORMATS)
-    map_range: Optional[Tuple[float, float]] = setting(None, "colour scale of the overlays (default: the "
-                                                             "calibration's map range)", metavar="LOW HIGH")
+    map_range: Optional[Tuple[float, float]] = setting(None, "colour scale of the overlays: two numbers (default: "
+                                                             "the calibration's map range)", metavar="LOW HIGH")
     backend: str = setting("torch", "torch: a checkpoint (--checkpoint_path); onnxruntime: an ONNX file written by "
                                     "'anomaly-clip export' (--model FILE; 'anomaly-clip predict --backend onnxruntime "
                                     "--help' lists its flags)", choices=PREDICT_BACKENDS)
@@ -181,7 +181,7 @@ class DemoSettings:
     weights: Optional[str] = setting(None, "local CLIP weights file (OpenAI or open_clip format)", metavar="FILE")
     download: bool = setting(False, "download the pretrained ViT-L-14-336 weights if they are not cached")
     epochs: int = setting(3, "training epochs")
-    batch_size: int = setting(8, "batch size")
+    batch_size: int = setting(8, "batch size", minimum=1)
     image_size: Optional[int] = setting(None, "input size (default 518 with real weights, 112 with the tiny backbone)")
     train_classes: int = setting(3, "synthetic classes used for training")
     seed: int = setting(111, "random seed")

@@ -122,7 +122,7 @@ def load_model(args, method_name: Optional[str] = None, calibration: Optional[st
 def reference_bank(args, detector, data_path: Optional[str], class_name: Optional[str]):
     """The memory bank of ``--reference_images`` (built once, or loaded), None without it."""
     from ..data.formats import MetadataError
-    from ..engine.references import memory_bank
+    from ..engine.references import memory_bank, reference_count
 
     source = args.get("reference_images")
     if source is None:
@@ -140,7 +140,7 @@ def reference_bank(args, detector, data_path: Optional[str], class_name: Optiona
                            seed=defaults.reference_seed if seed is None else seed, batch_size=args.batch_size,
                            num_workers=args.num_workers, precision=args.precision)
     except MetadataError as error:
-        if not str(source).isdigit():
+        if reference_count(source) is None:
             raise
         raise MetadataError(
             f"--reference_images {source} takes {source} normal images per class from the {split!r} split of "

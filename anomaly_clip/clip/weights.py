@@ -103,7 +103,7 @@ def read_clip_weights(path: str) -> Dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - every reader failure means the same to the user
         raise InvalidWeightsError(
             f"CLIP weights file {path} ({os.path.getsize(path)} bytes)",
-            f"not readable as CLIP weights ({read_error_reason(error)})",
+            f"not readable as CLIP weights ({read_error_reason(error, path)})",
         ) from error
 
 

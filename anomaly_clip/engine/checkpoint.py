@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
@@ -193,15 +193,68 @@ def other_method_error(path: str | os.PathLike, stored: str, trained: str) -> Va
                       f"checkpoint of {trained} or --method {stored}")
 
 
+# backbone settings that change what a model learns (where the weights come from does not)
+ARCHITECTURE_BACKBONE_FIELDS = ("model_name", "random_init", "activation", "image_size", "pos_embed_interpolation")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def setting_differences(stored: Mapping[str, Any], detector: AnomalyDetector) -> List[str]:
+    """How the settings recorded in a checkpoint or resume file ``stored`` (its ``method_config``
+    and ``backbone_config``, where present) differ from ``detector``'s: every method setting and
+    the backbone's :data:`ARCHITECTURE_BACKBONE_FIELDS`, each as ``name=stored (this run: current)``.
+    Raises ``TypeError``/``ValueError`` when the stored method settings do not load."""
+    differences = []
+    stored_config = stored.get("method_config")
+    if stored_config is not None:
+        recorded = type(detector.config).from_dict(stored_config).to_dict()
+        current = detector.config.to_dict()
+        differences += [f"{key}={_plain(recorded.get(key))!r} (this run: {_plain(current.get(key))!r})"
+                        for key in sorted(current) if _plain(recorded.get(key)) != _plain(current.get(key))]
+    stored_backbone = stored.get("backbone_config")
+    if stored_backbone is not None:
+        recorded = BackboneConfig.from_dict(stored_backbone).to_dict()
+        current = detector.backbone.config.to_dict()
+        differences += [f"{key}={recorded.get(key)!r} (this run: {current.get(key)!r})"
+                        for key in ARCHITECTURE_BACKBONE_FIELDS if recorded.get(key) != current.get(key)]
+    return differences
+
+
 def initialise_from_checkpoint(detector: AnomalyDetector, path: str | os.PathLike) -> None:
     """Start training from the learnt weights of a checkpoint of the same method (ours or the
     official format), e.g. to fine-tune a released model on a new dataset's training split.
-    The detector keeps its own configuration; the file's weights must fit it."""
+
+    The detector keeps its own configuration; the file's weights must fit it. Settings that
+    differ from the checkpoint's but leave the weights' shapes alone are allowed; weights that do
+    not fit (e.g. ``--n_ctx 4`` on a checkpoint trained with 12) are a :class:`ValueError` naming
+    the file and each setting that differs from the checkpoint's recorded ones (before: a
+    ``load_state_dict`` size-mismatch traceback)."""
     method, payload, own = identify_checkpoint(path)
     if method != detector.method_name:
         raise other_method_error(path, method, detector.method_name)
-    if own:
-        detector.load_trainable_state_dict(payload["state_dict"])
-    else:
-        detector.load_official_checkpoint(payload)
+    try:
+        if own:
+            detector.load_trainable_state_dict(payload["state_dict"])
+        else:
+            detector.load_official_checkpoint(payload)
+    except (RuntimeError, ValueError) as error:
+        try:
+            differences = setting_differences(payload, detector) if own else []
+        except (TypeError, ValueError):
+            differences = []
+        if differences:
+            raise ValueError(f"--init_checkpoint {path} does not fit this run: it was trained with "
+                             f"{'; '.join(differences)}; train with the checkpoint's settings, or without "
+                             "--init_checkpoint") from None
+        if isinstance(error, ValueError):
+            raise
+        reason = " ".join(str(error).split())
+        raise ValueError(f"--init_checkpoint {path} does not fit this run's {method} model ({reason[:300]}); train "
+                         "with the settings it was trained with, or without --init_checkpoint") from None
     logger.info("Initialised the trainable parts from %s", path)

@@ -191,8 +191,13 @@ def iterate_batches(detector: AnomalyDetector, dataset: Dataset, batch_size: int
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_items, pin_memory=pin_memory)
     forward = scorer or detector
-    for batch in tqdm(loader, desc=desc, disable=not (progress and is_main_process()), dynamic_ncols=True,
-                      leave=False):
+    # one iterator, handed to tqdm: tqdm.auto's wrapper calls iter() on what it is given and then
+    # again when iterated, and each iter() of a DataLoader starts its own workers, which decoded
+    # the first batches a second time (and warned twice about an animated GIF)
+    batches = iter(loader)
+    total = len(loader) if hasattr(dataset, "__len__") else None
+    for batch in tqdm(batches, total=total, desc=desc, disable=not (progress and is_main_process()),
+                      dynamic_ncols=True, leave=False):
         names = [class_name] * len(batch["path"]) if class_name else list(batch["class_name"])
         output = BatchOutput(paths=list(batch["path"]), class_names=names, sizes=list(batch["size"]),
                              originals=list(batch["original"]), failed=batch["failed"], order=batch["order"])

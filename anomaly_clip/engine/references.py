@@ -276,6 +276,25 @@ def predict_with_references(detector: AnomalyDetector, images: torch.Tensor, cla
     return fuse_with_references(prediction, bank.anomaly_maps(detector, patches, names, images.shape[-1]), weight)
 
 
+def reference_count(source: str | int) -> Optional[int]:
+    """The K of a ``--reference_images`` value that is a number of normal references per class
+    (ASCII digits, K >= 1), None for a folder or bank file. A number that is not a positive integer
+    (``-1``, ``0``, ``2.5``, `` 2``, ``²``) is a :class:`ValueError`; before, it was reported as a
+    missing folder, or as ``int()``'s own error."""
+    text = str(source)
+    if text.isascii() and text.isdigit() and int(text) > 0:
+        return int(text)
+    try:
+        float(text)
+        numeric = True
+    except ValueError:
+        numeric = text.strip().isnumeric()
+    if numeric and not Path(text).exists():
+        raise ValueError(f"--reference_images {text!r}: K must be a positive integer, or a folder of normal images "
+                         "or a saved bank file")
+    return None
+
+
 def memory_bank(detector: AnomalyDetector, source: str | int | os.PathLike, data_path: Optional[str] = None,
                 class_name: Optional[str] = None, split: str = "train", seed: int = 0, batch_size: int = 8,
                 num_workers: int = 0, precision: str = "auto") -> MemoryBank:
@@ -292,10 +311,11 @@ def memory_bank(detector: AnomalyDetector, source: str | int | os.PathLike, data
         logger.info("Loaded the memory bank %s (%s)", source, ", ".join(bank.class_names))
         return bank
     root = data_path if data_path is not None else "."
-    if source.isdigit():
+    count = reference_count(source)
+    if count is not None:
         if data_path is None:
             raise ValueError("K normal references per class need a dataset (--data_path)")
-        references = normal_references(load_samples(data_path, split=split), int(source), seed=seed)
+        references = normal_references(load_samples(data_path, split=split), count, seed=seed)
     else:
         references = folder_references(source, class_name)
     return MemoryBank.build(detector, references, root, batch_size=batch_size, num_workers=num_workers,

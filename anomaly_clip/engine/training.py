@@ -29,9 +29,8 @@ from tqdm.auto import tqdm
 from ..data.formats import load_samples
 from ..data.pseudo_anomaly import PseudoAnomalies
 from ..data.records import Sample
-from ..clip.config import BackboneConfig
 from ..files import FolderLockedError, folder_lock, read_torch_file
-from .checkpoint import atomic_save, checkpoint_payload, initialise_from_checkpoint
+from .checkpoint import atomic_save, checkpoint_payload, initialise_from_checkpoint, setting_differences
 from .config import TrainConfig
 from .detector import AnomalyDetector
 from .distributed import (all_gather_objects, average_gradients, barrier, broadcast_gradients,
@@ -295,8 +294,6 @@ def _sum_over_processes(sums: Dict[str, float]) -> Dict[str, float]:
 
 
 RESUME_ONLY_KEYS = ("optimizer", "scheduler", "rng")
-# backbone settings that change what a stage learns (where the weights come from does not)
-ARCHITECTURE_BACKBONE_FIELDS = ("model_name", "random_init", "activation", "image_size", "pos_embed_interpolation")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -336,14 +333,6 @@ def read_resume_state(path: str | os.PathLike) -> Dict[str, Any]:
     return state
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def check_resumable(state: Dict[str, Any], detector: AnomalyDetector, stage: str, path: str | os.PathLike) -> None:
     """A resume file of another method, stage or architecture (method config, backbone model,
     size, activation) than ``detector`` is a :class:`ValueError` naming the file and every difference."""
@@ -352,21 +341,11 @@ def check_resumable(state: Dict[str, Any], detector: AnomalyDetector, stage: str
         differences.append(f"method {state['method']} (this run: {detector.method_name})")
     if state.get("stage", stage) != stage:
         differences.append(f"stage {state['stage']!r} (this run: {stage!r})")
-    stored_config = state.get("method_config")
-    if stored_config is not None and not differences:
+    if not differences:
         try:
-            stored = type(detector.config).from_dict(stored_config).to_dict()
+            differences = setting_differences(state, detector)
         except (TypeError, ValueError) as error:
             raise ValueError(f"cannot resume from {path}: its method settings do not load ({error})") from None
-        current = detector.config.to_dict()
-        differences += [f"{key}={_plain(stored.get(key))!r} (this run: {_plain(current.get(key))!r})"
-                        for key in sorted(current) if _plain(stored.get(key)) != _plain(current.get(key))]
-    stored_backbone = state.get("backbone_config")
-    if stored_backbone is not None:
-        stored = BackboneConfig.from_dict(stored_backbone).to_dict()
-        current = detector.backbone.config.to_dict()
-        differences += [f"{key}={stored.get(key)!r} (this run: {current.get(key)!r})"
-                        for key in ARCHITECTURE_BACKBONE_FIELDS if stored.get(key) != current.get(key)]
     if differences:
         raise ValueError(f"cannot resume from {path}: it was trained with {'; '.join(differences)}; resume with the "
                          "same settings, or train into another --save_path")

@@ -10,7 +10,10 @@ Every column has a title, the colour bar names the range of the map colours, and
 missing (a pixel threshold, a mask, a calibrated colour scale) is written on the picture. Maps
 are coloured with OpenCV's JET colour map; text is drawn with Pillow's own font (FreeType when
 available); images are read with :func:`anomaly_clip.data.imaging.read_rgb`, as datasets read
-them. Panels smaller than :data:`PANEL_MIN_HEIGHT` are enlarged so that their text stays legible.
+them. Images lower than :data:`PANEL_MIN_HEIGHT` are enlarged so that their text stays legible,
+and no image column is longer than :data:`PANEL_MAX_SIDE` on either side (aspect ratio kept), so
+the memory a panel takes is bounded whatever the image's shape (a 1 x 2000 px image once made a
+1.5-million-px-wide panel) and every panel fits JPEG's 65535 px limit.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from ..data.imaging import read_rgb
 logger = logging.getLogger(__name__)
 
 PANEL_MIN_HEIGHT = 256
+PANEL_MAX_SIDE = 4096
 BACKGROUND = (24, 24, 24)
 TEXT = (240, 240, 240)
 WARNING_TEXT = (255, 190, 60)
@@ -120,15 +124,27 @@ def _wrap(text: str, font: ImageFont.ImageFont, width: int) -> List[str]:
     return lines
 
 
+def _column_size(height: int, width: int) -> Tuple[int, int]:
+    """(height, width) of a panel's image column for an image of ``height`` x ``width`` px: scaled
+    up to :data:`PANEL_MIN_HEIGHT` px high, and down so that neither side exceeds
+    :data:`PANEL_MAX_SIDE` (the cap wins); aspect ratio kept, each side at least 1 px."""
+    factor = min(max(1.0, PANEL_MIN_HEIGHT / height), PANEL_MAX_SIDE / max(height, width))
+    if factor == 1.0:
+        return height, width
+    return max(1, min(PANEL_MAX_SIDE, round(height * factor))), max(1, min(PANEL_MAX_SIDE, round(width * factor)))
+
+
 def _enlarge(image: np.ndarray, anomaly_map: np.ndarray, masks: Sequence[Optional[np.ndarray]]):
-    """Image, map and masks enlarged together when the image is smaller than :data:`PANEL_MIN_HEIGHT`."""
+    """Image, map and masks resized together to the column size of :func:`_column_size`."""
     height, width = image.shape[:2]
-    if height >= PANEL_MIN_HEIGHT:
+    new_height, new_width = _column_size(height, width)
+    if (new_height, new_width) == (height, width):
         return image, anomaly_map, list(masks)
-    factor = PANEL_MIN_HEIGHT / height
-    size = (max(1, round(width * factor)), PANEL_MIN_HEIGHT)
-    image = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-    anomaly_map = cv2.resize(anomaly_map.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    size = (new_width, new_height)
+    shrink = new_height < height or new_width < width
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+    anomaly_map = cv2.resize(anomaly_map.astype(np.float32), size,
+                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     masks = [None if m is None else cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
              for m in masks]
     return image, anomaly_map, masks
