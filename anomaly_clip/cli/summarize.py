@@ -76,15 +76,17 @@ def read_results(directory: str) -> Dict[str, Any]:
 
 def results_problem(content: Any) -> Optional[str]:
     """What keeps ``content`` from being a ``results.json`` written by ``test.py``: a mapping with a
-    ``mean`` mapping of metrics, a ``classes`` list of per-class mappings (each with its ``class``)
-    and a ``settings`` mapping; None when it is one."""
+    ``mean`` mapping of metrics, a ``settings`` mapping and, when present, a ``classes`` list of
+    per-class mappings (each with its ``class``); None when it is one."""
     if not isinstance(content, dict):
         return f"a {type(content).__name__}, not a mapping"
     for key, kind in (("mean", dict), ("classes", list), ("settings", dict)):
+        if key == "classes" and key not in content:
+            continue
         if not isinstance(content.get(key), kind):
             found = type(content[key]).__name__ if key in content else "missing"
             return f"'{key}' is {found}, not a {kind.__name__}"
-    if not all(isinstance(row, dict) and "class" in row for row in content["classes"]):
+    if not all(isinstance(row, dict) and "class" in row for row in content.get("classes", [])):
         return "'classes' holds a row without its 'class'"
     return None
 
