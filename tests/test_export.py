@@ -41,7 +41,7 @@ from anomaly_clip.engine.checkpoint import save_checkpoint
 from anomaly_clip.engine.export import (FLOAT32_TOLERANCE, HALF_TOLERANCE, ExportMetadata, ExportResult,
                                         export_onnx, exportable_methods, load_onnx, output_tolerances,
                                         read_metadata)
-from anomaly_clip.engine.export.graph import check_batch_axis, log_export
+from anomaly_clip.engine.export.graph import check_batch_axis, check_exporter, log_export
 from anomaly_clip.engine.smoothing import gaussian_blur, gaussian_filter
 from anomaly_clip.extras import EXTRAS, MissingExtraError, require
 
@@ -52,8 +52,20 @@ SHALLOW_SETTINGS = {"features_list": (2, 4), "dpam_layers": 3, "image_adapt_unti
 """Settings of the methods that the 4-block backbone needs (applied where a method has the field)."""
 SIZE = 56
 CLASS = "screw"
-HAS_EXPORT = all(find_spec(name) is not None for name in EXTRAS["export"])
-needs_export = pytest.mark.skipif(not HAS_EXPORT, reason='needs the export extra: pip install -e ".[export]"')
+def _exporter_ready() -> bool:
+    """The export extra is installed and this torch has the dynamo-based exporter (torch 2.6+)."""
+    if not all(find_spec(name) is not None for name in EXTRAS["export"]):
+        return False
+    try:
+        check_exporter()
+    except MissingExtraError:
+        return False
+    return True
+
+
+HAS_EXPORT = _exporter_ready()
+needs_export = pytest.mark.skipif(not HAS_EXPORT, reason='needs the export extra (pip install -e ".[export]") and '
+                                                         'torch 2.6 or later')
 CLI_SHALLOW = ["--model_name", SHALLOW, "--random_init", "--image_size", str(SIZE), "--device", "cpu",
                "--num_workers", "0", "--features_list", "2", "4", "--dpam_layers", "3", "--depth", "3"]
 

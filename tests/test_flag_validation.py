@@ -229,6 +229,19 @@ def test_usage_errors_are_one_line_with_where_the_help_is(capsys, command, argv,
 
 
 @pytest.mark.parametrize("command, argv", [
+    ("test", ["--data_path", "d"]), ("test", ["--data_path", "d", "--method", "vand"]),
+    ("predict", ["--input", "x"]), ("calibrate", ["--input", "x", "--normal_quantile", "0.99", "--method", "coop"]),
+])
+def test_a_missing_checkpoint_writes_nothing(capsys, monkeypatch, tmp_path, command, argv):
+    """Without --checkpoint_path (and no training-free method) the command stops before it writes
+    its log or resolved settings (before: test.py left ./results/test_log.txt and test_config.yaml)."""
+    monkeypatch.chdir(tmp_path)
+    message = fails(capsys, command, argv)
+    assert "--checkpoint_path is required" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, argv", [
     ("test", ["--data_path", "d"]), ("predict", ["--input", "x"]),
     ("calibrate", ["--input", "x", "--normal_quantile", "0.99"]),
 ])
