@@ -48,6 +48,21 @@ def field_values(cls: type, values: Optional[Mapping[str, Any]]) -> Dict[str, An
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
+def block_numbers(name: str, values: Any, allow_empty: bool = False) -> Tuple[int, ...]:
+    """``values`` as a tuple of 1-based transformer block numbers, each once (``features_list``,
+    ``few_shot_features``); a number below 1, a block named twice (its maps would be summed twice),
+    or an empty list where one is needed is a ``ValueError`` naming the setting."""
+    blocks = tuple(int(value) for value in values)
+    if not blocks and not allow_empty:
+        raise ValueError(f"{name} must name at least one block")
+    if any(block < 1 for block in blocks):
+        raise ValueError(f"{name} must name blocks by their 1-based numbers, got {list(blocks)}")
+    twice = sorted({block for block in blocks if blocks.count(block) > 1})
+    if twice:
+        raise ValueError(f"{name} names block(s) {twice} more than once, got {list(blocks)}")
+    return blocks
+
+
 def check_choice(name: str, value: Any, choices: Tuple[Any, ...]) -> None:
     """``ValueError`` naming the field and its choices when ``value`` is not one of them."""
     if value not in choices:

@@ -311,3 +311,19 @@ def test_output_paths_of_the_wrong_kind_are_named(data, tmp_path, capsys):
     message = fails(capsys, "calibrate", ["--method", "clip", "--normal_quantile", "1", "--output",
                                           str(tmp_path / "adir"), *images])
     assert message == f"error: {tmp_path / 'adir'} is a folder, where a file is needed: give a file name"
+
+
+@pytest.mark.parametrize("method", ["anomalyclip", "aaclip", "anomalyclip_adapters", "clip", "clip_ac", "vand", "coop"])
+def test_a_block_named_twice_or_below_one_is_refused(method):
+    """Every method's features_list (and VAND's few_shot_features) names each 1-based block once:
+    a repeated block would have its maps summed twice (before: accepted silently)."""
+    from anomaly_clip.engine.registry import find_method
+
+    config_class = find_method(method).config_class
+    with pytest.raises(ValueError, match=r"features_list names block\(s\) \[6\] more than once"):
+        config_class(features_list=(6, 6))
+    with pytest.raises(ValueError, match="features_list must name blocks by their 1-based numbers"):
+        config_class(features_list=(0, 6))
+    if method == "vand":
+        with pytest.raises(ValueError, match="few_shot_features names block"):
+            config_class(few_shot_features=(12, 12))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Dict, Mapping, Optional
 
-from ..settings import check_choice, field_values, setting
+from ..settings import block_numbers, check_choice, field_values, setting  # noqa: F401 - re-exported
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "off", "device", "host", "disk")

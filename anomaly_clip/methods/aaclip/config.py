@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Optional, Tuple
 
-from ...engine.config import MethodConfig, check_choice, setting
+from ...engine.config import MethodConfig, block_numbers, check_choice, setting
 
 DOMAIN_BLUR: Dict[str, Tuple[int, float]] = {"industrial": (7, 1.0), "medical": (9, 1.5)}
 DEFAULT_DOMAIN = "industrial"
@@ -45,7 +45,7 @@ class AdaptedImageConfig(MethodConfig):
                                         "official evaluation; detection: detection score alone", choices=IMAGE_SCORES)
 
     def __post_init__(self) -> None:
-        self.features_list = tuple(int(layer) for layer in self.features_list)
+        self.features_list = block_numbers("features_list", self.features_list)
         if not 0.0 <= self.image_adapt_weight <= 1.0:
             raise ValueError(f"image_adapt_weight must lie in [0, 1], got {self.image_adapt_weight}")
         if self.image_adapt_until < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import MethodConfig, check_choice, setting
+from ...engine.config import MethodConfig, block_numbers, check_choice, setting
 from ..components.config import FrozenFeatureTraining
 
 REFERENCE_UNUSED_PROJECTION_DIM = 896
@@ -33,7 +33,7 @@ class AnomalyCLIPConfig(MethodConfig):
     unused_projection_dim: int = setting(REFERENCE_UNUSED_PROJECTION_DIM, flag=False)
 
     def __post_init__(self) -> None:
-        self.features_list = tuple(int(layer) for layer in self.features_list)
+        self.features_list = block_numbers("features_list", self.features_list)
         self.object_classes = tuple(self.object_classes)
         check_choice("dpam_attention", self.dpam_attention, DPAM_ATTENTIONS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import CACHE_MODES, MethodConfig, check_choice, setting
+from ...engine.config import CACHE_MODES, MethodConfig, block_numbers, check_choice, setting
 
 CLIP_LOGIT_SCALE = 100.0
 """CLIP's learnt logit scale (exp of its temperature parameter, clamped at 100 in training)."""
@@ -28,7 +28,7 @@ class CLIPBaselineConfig(MethodConfig):
     sigma: float = setting(4.0, "Gaussian sigma of the anomaly map (0: no smoothing)")
 
     def __post_init__(self) -> None:
-        self.features_list = tuple(int(layer) for layer in self.features_list)
+        self.features_list = block_numbers("features_list", self.features_list, allow_empty=True)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.sigma < 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import MethodConfig, setting
+from ...engine.config import MethodConfig, block_numbers, setting
 from ..anomalyclip.config import DEFAULTS as ANOMALYCLIP
 from ..components.config import ANOMALYCLIP_BACKBONE
 
@@ -37,7 +37,7 @@ class CoOpConfig(MethodConfig):
                                   "AnomalyCLIP's dual path")
 
     def __post_init__(self) -> None:
-        self.features_list = tuple(int(layer) for layer in self.features_list)
+        self.features_list = block_numbers("features_list", self.features_list)
         if self.n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {self.n_ctx}")
         if self.dpam_layers < 0:

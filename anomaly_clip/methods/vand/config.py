@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Tuple
 
-from ...engine.config import MethodConfig, setting
+from ...engine.config import MethodConfig, block_numbers, setting
 from ..components.config import FrozenFeatureTraining
 
 OFFICIAL_BACKBONE: Dict[str, Any] = {"activation": "gelu", "pos_embed_interpolation": "bicubic_antialias"}
@@ -31,10 +31,8 @@ class VANDConfig(MethodConfig):
     logit_scale: float = setting(100.0, flag=False)
 
     def __post_init__(self) -> None:
-        self.features_list = tuple(int(layer) for layer in self.features_list)
-        self.few_shot_features = tuple(int(layer) for layer in self.few_shot_features)
-        if not self.features_list or min(self.features_list + self.few_shot_features) < 1:
-            raise ValueError(f"features_list must name blocks (1-based), got {self.features_list}")
+        self.features_list = block_numbers("features_list", self.features_list)
+        self.few_shot_features = block_numbers("few_shot_features", self.few_shot_features, allow_empty=True)
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be positive, got {self.logit_scale}")
 
