@@ -215,7 +215,8 @@ def test_references_from_folders_and_their_errors(synthetic_root, tmp_path):
         folder_references(Path(synthetic_root) / "washer" / "train" / "good")
     with pytest.raises(ValueError, match="no images"):
         folder_references(tmp_path)
-    with pytest.raises(ValueError, match="3 normal images"):
+    with pytest.raises(ValueError, match=r"4 normal references per class requested, but some classes have fewer "
+                                         r"normal images \('fabric' 3, 'washer' 3\): ask for K <= 3"):
         normal_references(load_samples(synthetic_root, split="train"), 4)
 
 

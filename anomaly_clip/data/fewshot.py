@@ -52,10 +52,14 @@ def normal_references(samples: Sequence[Sample], k: int, seed: int = 0) -> List[
     if k <= 0:
         raise ValueError(f"the number of reference images per class must be positive, got {k}")
     chosen = set()
-    for name in class_names(samples):
-        pool = [i for i, s in enumerate(samples) if s.class_name == name and not s.is_anomalous]
-        if len(pool) < k:
-            raise ValueError(f"class {name!r} has {len(pool)} normal images, {k} references per class requested")
+    pools = {name: [i for i, s in enumerate(samples) if s.class_name == name and not s.is_anomalous]
+             for name in class_names(samples)}
+    short = {name: len(pool) for name, pool in pools.items() if len(pool) < k}
+    if short:
+        shown = ", ".join(f"{name!r} {count}" for name, count in sorted(short.items()))
+        raise ValueError(f"{k} normal references per class requested, but some classes have fewer normal images "
+                         f"({shown}): ask for K <= {min(short.values())}, or give a folder of normal images")
+    for name, pool in pools.items():
         chosen.update(pool[i] for i in _class_rng(seed, name).choice(len(pool), size=k, replace=False))
     return [sample for i, sample in enumerate(samples) if i in chosen]
 
