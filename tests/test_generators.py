@@ -455,10 +455,7 @@ def test_cli_usage_problems_are_one_line(capsys):
 
 
 def test_a_second_split_of_a_folder_pair_keeps_the_first(tmp_path, caplog):
-    for folder, shade in (("good", 0), ("defect", 200)):
-        (tmp_path / folder).mkdir()
-        for index in range(2):
-            Image.new("RGB", (16, 16), (shade, index, 0)).save(tmp_path / folder / f"{index}.png")
+    build(tmp_path, ["good/0.png", "good/1.png", "defect/0.png", "defect/1.png"])
     main(["folders", "--root", str(tmp_path), "--normal-dir", "good", "--split", "train", "--class-name", "part"])
     with caplog.at_level(logging.INFO, logger="generate_dataset_json"):
         main(["folders", "--root", str(tmp_path), "--normal-dir", "good", "--anomalous-dir", "defect", "--split",
